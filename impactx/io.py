@@ -1,0 +1,42 @@
+"""Atomic file writes: write to a temp file in the same folder, then rename, so that a crash or a kill
+never leaves a file that looks complete to DVC or to a resumed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then rename tmp_path to path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path):
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    atomic_write(path, write)
+
+
+def save_json(path: Path, obj) -> None:
+    atomic_write(path, lambda t: t.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def save_torch(path: Path, obj) -> None:
+    atomic_write(path, lambda t: torch.save(obj, t))

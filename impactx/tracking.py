@@ -1,0 +1,135 @@
+"""MLflow: one parent run per pipeline configuration, one child run per DVC stage, models in the registry.
+
+Runs of one `dvc repro` share a parent run keyed by the hash of params.yaml (minus the mlflow section),
+so the UI shows a configuration's stages together, and evaluate's `baseline` and `impactx` runs side by
+side with the same metric names (test_accuracy, aopc_*). Every run carries the DVC stage name and the git
+revision as tags."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from impactx.config import Params
+
+CHAMPION = "champion"
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()  # fmt: skip
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def pipeline_key(params: Params) -> str:
+    cfg = params.model_dump(by_alias=True, exclude={"mlflow"})
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def setup(params: Params) -> str:
+    """Point MLflow at params.mlflow and return the experiment id (artifacts go to ./mlartifacts)."""
+    mlflow.set_tracking_uri(params.mlflow.tracking_uri)
+    exp = mlflow.get_experiment_by_name(params.mlflow.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    return mlflow.create_experiment(params.mlflow.experiment, artifact_location=Path("mlartifacts").resolve().as_uri())
+
+
+def _parent_run_id(params: Params, experiment_id: str, tags: dict) -> str:
+    key = pipeline_key(params)
+    found = mlflow.search_runs([experiment_id], filter_string=f"tags.`impactx.pipeline_key` = '{key}'",
+                               max_results=1, output_format="list")  # fmt: skip
+    if found:
+        return found[0].info.run_id
+    name = f"{params.data.source}-{params.model.backbone}-{key[:8]}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**tags, "impactx.pipeline_key": key}) as run:
+        mlflow.log_params(flatten(params.model_dump(by_alias=True, exclude={"mlflow"})))
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Params, run_name: str | None = None, extra_tags: dict | None = None):
+    """A child run of this configuration's parent run, tagged with the DVC stage and git revision."""
+    experiment_id = setup(params)
+    tags = {"dataset": params.data.source, "backbone": params.model.backbone, "git_revision": git_revision()}
+    parent = _parent_run_id(params, experiment_id, tags)
+    tags.update({"dvc_stage": stage, "mlflow.parentRunId": parent, "impactx.pipeline_key": pipeline_key(params)})
+    tags.update(extra_tags or {})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, tags=tags) as run:
+        yield run
+
+
+def log_params_section(params: Params, *sections: str) -> None:
+    dump = params.model_dump(by_alias=True)
+    mlflow.log_params(flatten({s: dump[s] for s in sections}))
+
+
+def epoch_logger(prefix: str = ""):
+    def on_epoch(epoch: int, metrics: dict):
+        mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=epoch)
+
+    return on_epoch
+
+
+def log_model(model: torch.nn.Module, example: torch.Tensor, registered_name: str | None):
+    """Log a torch model (input: float images in [0, 1], output: class logits) with signature and input
+    example; the impactx package travels with it (code_paths) so it loads without this repo."""
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    ex = example.cpu().numpy().astype(np.float32)
+    with torch.no_grad():
+        out = model(example.cpu()).numpy()
+    info = mlflow.pytorch.log_model(
+        model, name="model", signature=infer_signature(ex, out), input_example=ex,
+        code_paths=[str(Path(__file__).parent)],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+        registered_model_name=registered_name,
+    )  # fmt: skip
+    return info
+
+
+def promote_if_better(name: str, version: str, new_score: float, score_model, split_id: str) -> bool:
+    """Give `version` the champion alias if it beats the current champion, both scored by `score_model`
+    on the same held-out split (the champion is re-scored now, whatever split it was first scored on)."""
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, "test_accuracy", f"{new_score:.6f}")
+    client.set_model_version_tag(name, version, "split_id", split_id)
+    try:
+        champ = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champ = None
+    if champ is not None and champ.version != version:
+        try:
+            champ_score = score_model(mlflow.pytorch.load_model(f"models:/{name}@{CHAMPION}"))
+        except Exception as e:  # an unloadable or incompatible champion cannot be compared: keep it
+            print(f"registry: kept {name}@{CHAMPION} v{champ.version}: cannot score it here ({e})")
+            return False
+        if new_score <= champ_score:
+            print(f"registry: {name} v{version} ({new_score:.4f}) does not beat @{CHAMPION} "
+                  f"v{champ.version} ({champ_score:.4f}) on this split")  # fmt: skip
+            return False
+    client.set_registered_model_alias(name, CHAMPION, version)
+    print(f"registry: {name} v{version} is now @{CHAMPION} (test accuracy {new_score:.4f})")
+    return True

@@ -1,0 +1,18 @@
+"""DVC stage fetch_data: load the configured source and write the seeded train/val/test split."""
+
+from impactx import data
+from impactx.cli import run_stage
+from impactx.config import load_params
+
+OUT = "data/prepared"
+
+
+def main():
+    params = load_params()
+    ds = data.prepare(params.data, params.seed)
+    info = data.save(ds, OUT, params.data.source)
+    print(f"fetch_data: {params.data.source} {info['image_shape']} sizes {info['sizes']} -> {OUT}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
