@@ -60,8 +60,9 @@ _NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, OSError
 
 
 def _torchvision_split(cls, root: Path, download: bool, **split_kw):
-    """Load one split through torchvision, turning missing/corrupt files into one actionable line."""
-    from torchvision.datasets.utils import check_integrity
+    """Load one split through torchvision, turning missing/corrupt files into one actionable line.
+    Order: extracted files → a local archive in data.root → torchvision's download."""
+    from torchvision.datasets.utils import check_integrity, extract_archive
 
     archive = root / cls.filename
     name = cls.__name__
@@ -71,14 +72,14 @@ def _torchvision_split(cls, root: Path, download: bool, **split_kw):
         pass  # not extracted yet, or extracted files corrupt
     if archive.exists():
         if not check_integrity(str(archive), cls.tgz_md5):
-            raise ImpactXError(
-                f"{archive} is corrupt (MD5 mismatch): delete it and put the original {cls.filename} "
-                f"in data.root ({root})"
-            )
-    elif not download:
-        raise ImpactXError(
-            f"{name}: {archive} not found and data.download is false: put {cls.filename} in data.root ({root})"
-        )
+            raise ImpactXError(f"{archive} is corrupt (MD5 mismatch): replace it with the original {cls.filename}")
+        extract_archive(str(archive), str(root))
+        try:
+            return cls(str(root), download=False, **split_kw)
+        except RuntimeError:
+            raise ImpactXError(f"{name}: files extracted from {archive} fail their checksums: delete them") from None
+    if not download:
+        raise ImpactXError(f"{name}: {archive} not found and data.download is false: put {cls.filename} in data.root")
     try:
         return cls(str(root), download=True, **split_kw)
     except _NETWORK_ERRORS as e:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import re
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -64,12 +63,16 @@ def shap_true_class(model, images: torch.Tensor, targets, *, max_evals: int, bat
         p = torch.softmax(model(x).float(), dim=1)[:, target["y"]]
         return p.cpu().numpy()[:, None]
 
-    explainer = shap.PartitionExplainer(f, shap.maskers.Image(masker, shape=(h, w, c)))
+    image_masker = shap.maskers.Image(masker, shape=(h, w, c))
+    explainer = shap.PartitionExplainer(f, image_masker)
     hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
     out = np.empty((n, c, h, w), np.float32)
     np.random.seed(seed)  # shap breaks exact priority ties with np.random
     for i in range(n):
         target["y"] = int(targets[i])
+        # shap's Image masker caches the blurred image under id(x); a new row array can reuse a freed
+        # array's id and get the previous image's blur as its background. Forget the cache per image.
+        image_masker.last_xid = None
         sv = explainer(hwc[i : i + 1], max_evals=max_evals, batch_size=batch_size, silent=True)
         out[i] = np.asarray(sv.values[0, ..., 0], np.float32).transpose(2, 0, 1)
         if progress is not None:
@@ -103,7 +106,6 @@ def compute_maps(model, x: np.ndarray, y: np.ndarray, *, max_evals: int, batch_s
     if done:
         print(f"shap: resuming, {done}/{n_shards} shards already in {work}", flush=True)
     bar = tqdm(total=len(x), desc="shap maps", unit="img", smoothing=0.05, mininterval=2)
-    t0, fresh = time.perf_counter(), 0
     for s, path in enumerate(shard_paths):
         lo, hi = s * shard_size, min((s + 1) * shard_size, len(x))
         if path.exists():
@@ -112,8 +114,6 @@ def compute_maps(model, x: np.ndarray, y: np.ndarray, *, max_evals: int, batch_s
         maps = shap_true_class(model, to_float(x[lo:hi]), y[lo:hi], max_evals=max_evals, batch_size=batch_size,
                                masker=masker, device=device, seed=seed + s, progress=bar)  # fmt: skip
         save_npy(path, maps)
-        fresh += hi - lo
-        bar.set_postfix(evals_per_s=f"{fresh * max_evals / (time.perf_counter() - t0):.0f}")
     bar.close()
     maps = np.concatenate([np.load(p) for p in shard_paths])
     return maps, work

@@ -58,12 +58,12 @@ def setup(params: Params) -> str:
 
 def _parent_run_id(params: Params, experiment_id: str, tags: dict) -> str:
     key = pipeline_key(params)
-    found = mlflow.search_runs([experiment_id], filter_string=f"tags.`impactx.pipeline_key` = '{key}'",
+    found = mlflow.search_runs([experiment_id], filter_string=f"tags.`impactx.pipeline` = '{key}'",
                                max_results=1, output_format="list")  # fmt: skip
     if found:
         return found[0].info.run_id
     name = f"{params.data.source}-{params.model.backbone}-{key[:8]}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**tags, "impactx.pipeline_key": key}) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**tags, "impactx.pipeline": key}) as run:
         mlflow.log_params(flatten(params.model_dump(by_alias=True, exclude={"mlflow"})))
     return run.info.run_id
 
@@ -103,7 +103,7 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, registered_name: st
         out = model(example.cpu()).numpy()
     info = mlflow.pytorch.log_model(
         model, name="model", signature=infer_signature(ex, out), input_example=ex,
-        code_paths=[str(Path(__file__).parent)],
+        code_paths=[str(Path(__file__).parent)], serialization_format="pickle",  # keeps .explain()
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
         registered_model_name=registered_name,
     )  # fmt: skip
@@ -120,7 +120,7 @@ def promote_if_better(name: str, version: str, new_score: float, score_model, sp
         champ = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         champ = None
-    if champ is not None and champ.version != version:
+    if champ is not None and str(champ.version) != str(version):
         try:
             champ_score = score_model(mlflow.pytorch.load_model(f"models:/{name}@{CHAMPION}"))
         except Exception as e:  # an unloadable or incompatible champion cannot be compared: keep it

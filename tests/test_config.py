@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import pytest
+
+from impactx import ImpactXError
+from impactx.backbones import build_backbone
+from impactx.config import load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text):
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_repo_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "digits" and params.impactx.lambda_ == 1.0
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("finetune:\n  epoch: 3\n", "unknown key 'finetune.epoch'"),
+        ("finetune:\n  epochs: three\n", r"finetune.epochs: .*integer.*'three'"),
+        ("finetune:\n  lr: 1e-3\n", r"finetune.lr: .*valid number.*1e-3"),  # YAML 1.1 reads 1e-3 as a string
+        ("impactx:\n  lambda: -1\n", r"impactx.lambda: .*greater than or equal to 0"),
+        ("data:\n  source: mnist\n", r"data.source: .*'digits'"),
+        ("seed: [1\n", "not valid YAML"),
+    ],
+)
+def test_bad_params_give_one_line(tmp_path, text, message):
+    with pytest.raises(ImpactXError, match=message) as e:
+        load_params(write(tmp_path, text))
+    assert "\n" not in str(e.value)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ImpactXError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_unknown_backbone():
+    with pytest.raises(ImpactXError, match="unknown backbone 'resnet9'.*lenet5"):
+        build_backbone("resnet9", 3, 10, 32)

@@ -1,0 +1,56 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from impactx.backbones import build_backbone
+from impactx.model import Classifier, Decoder, ImpactX, _decoder_plan, impactx_loss
+
+
+def make(size=32, k=10, c=3):
+    base = Classifier(build_backbone("lenet5", c, k, size), [0.5] * c, [0.25] * c)
+    return base, ImpactX(base, k, (c, size, size), latent_dim=512)
+
+
+@pytest.mark.parametrize("size", [32, 96])
+def test_shapes(size):
+    base, model = make(size)
+    x = torch.rand(4, 3, size, size)
+    assert base(x).shape == (4, 10)
+    z = model.lep(model.normalize(x))
+    assert z.shape == (4, 512) and (z > 0).all() and (z < 1).all()
+    logits, r_hat = model.explain(x)
+    assert logits.shape == (4, 10) and r_hat.shape == x.shape
+    assert r_hat.abs().max() <= 1
+    assert torch.equal(model(x), logits)
+
+
+def test_decoder_plan_matches_paper_layout():
+    assert _decoder_plan(32) == (4, 3)
+    assert _decoder_plan(96) == (3, 5)  # two more conv+upsample steps for STL-10
+    assert Decoder(512, 3, 96)(torch.rand(2, 512)).shape == (2, 3, 96, 96)
+
+
+def test_stage2_trains_lep_d_c_and_keeps_m_frozen():
+    base, model = make()
+    m_before = {k: v.clone() for k, v in model.m.state_dict().items()}
+    lep_before = model.lep.body[0].weight.clone()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    model.train()
+    logits, r_hat = model.explain(x)
+    loss, _, _ = impactx_loss(logits, y, r_hat, torch.rand_like(x), 1.0)
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(v, model.m.state_dict()[k]) for k, v in m_before.items())
+    assert not torch.equal(lep_before, model.lep.body[0].weight)
+    assert model.lep.body[0].weight is not model.m.body[0].weight
+
+
+def test_loss_is_ce_plus_lambda_mse():
+    logits, y = torch.randn(5, 4), torch.randint(0, 4, (5,))
+    pred, target = torch.rand(5, 3, 8, 8), torch.rand(5, 3, 8, 8)
+    total, ce, mse = impactx_loss(logits, y, pred, target, 0.6)
+    assert torch.allclose(ce, F.cross_entropy(logits, y))
+    assert torch.allclose(mse, ((pred - target) ** 2).mean())
+    assert torch.allclose(total, ce + 0.6 * mse)
+    assert torch.allclose(impactx_loss(logits, y, pred, target, 0.0)[0], ce)
