@@ -6,14 +6,14 @@ Add a backbone with @register("name"); its builder takes (in_channels, num_class
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from impactx import ImpactXError
 
-BACKBONES: dict[str, Callable[..., "Backbone"]] = {}
+BACKBONES: dict[str, Callable[..., Backbone]] = {}
 
 
 def register(name: str):
@@ -53,10 +53,16 @@ def lenet5(in_channels: int, num_classes: int, image_size: int) -> Backbone:
         raise ImpactXError(f"lenet5 needs images of at least 16×16, got {image_size}: set data.image_size")
     side = ((image_size - 4) // 2 - 4) // 2
     body = nn.Sequential(
-        nn.Conv2d(in_channels, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(in_channels, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(16 * side * side, 120), nn.ReLU(),
-        nn.Linear(120, 84), nn.ReLU(),
-    )  # fmt: skip
+        nn.Linear(16 * side * side, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+    )
     return Backbone(body, nn.Linear(84, num_classes))

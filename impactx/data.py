@@ -215,7 +215,7 @@ def save(ds: Dataset, out_dir: Path, source: str) -> dict:
         "source": source,
         "classes": ds.classes,
         "image_shape": list(ds.image_shape),
-        "sizes": {n: int(len(getattr(ds, n).y)) for n in ("train", "val", "test")},
+        "sizes": {n: len(getattr(ds, n).y) for n in ("train", "val", "test")},
         "mean": (ds.train.x.mean(axis=(0, 2, 3)) / 255).round(6).tolist(),
         "std": (ds.train.x.std(axis=(0, 2, 3)) / 255).round(6).tolist(),
     }

@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from impactx.io import atomic_write  # noqa: E402
+from impactx.io import atomic_write
 
 
 def _heat(m: np.ndarray) -> tuple[np.ndarray, float]:
@@ -23,8 +23,9 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def explanation_grid(images: np.ndarray, shap_maps: np.ndarray, impactx_maps: np.ndarray, titles: list[str],
-                     path: Path) -> None:  # fmt: skip
+def explanation_grid(
+    images: np.ndarray, shap_maps: np.ndarray, impactx_maps: np.ndarray, titles: list[str], path: Path
+) -> None:
     """One row per image: the image, its SHAP map, the IMPACTX map (red = for the class, blue = against)."""
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(7, 2.3 * n), squeeze=False)

@@ -25,8 +25,17 @@ def patch_relevance(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def morf_curves(model, images: torch.Tensor, maps: torch.Tensor, *, patch_size: int, steps: int,
-                device: torch.device, seed: int = 0, chunk: int = 32) -> np.ndarray:  # fmt: skip
+def morf_curves(
+    model,
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    *,
+    patch_size: int,
+    steps: int,
+    device: torch.device,
+    seed: int = 0,
+    chunk: int = 32,
+) -> np.ndarray:
     """Returns an N×(steps+1) array of the predicted class's probability along the MoRF path."""
     model = model.to(device).eval()
     n, c, h, w = images.shape

@@ -47,8 +47,18 @@ def scale_maps(maps: np.ndarray | torch.Tensor):
     return maps / peak.reshape((-1,) + (1,) * (maps.ndim - 1))
 
 
-def shap_true_class(model, images: torch.Tensor, targets, *, max_evals: int, batch_size: int, masker: str,
-                    device: torch.device, seed: int = 0, progress=None) -> np.ndarray:  # fmt: skip
+def shap_true_class(
+    model,
+    images: torch.Tensor,
+    targets,
+    *,
+    max_evals: int,
+    batch_size: int,
+    masker: str,
+    device: torch.device,
+    seed: int = 0,
+    progress=None,
+) -> np.ndarray:
     """Partition-SHAP maps, one image at a time through shap.PartitionExplainer. Returns N×C×H×W float32."""
     import shap
 
@@ -90,8 +100,19 @@ def _key(model, x: np.ndarray, y: np.ndarray, settings: dict) -> str:
     return h.hexdigest()
 
 
-def compute_maps(model, x: np.ndarray, y: np.ndarray, *, max_evals: int, batch_size: int, masker: str,
-                 shard_size: int, seed: int, device: torch.device, work_root: Path) -> tuple[np.ndarray, Path]:  # fmt: skip
+def compute_maps(
+    model,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    max_evals: int,
+    batch_size: int,
+    masker: str,
+    shard_size: int,
+    seed: int,
+    device: torch.device,
+    work_root: Path,
+) -> tuple[np.ndarray, Path]:
     """SHAP maps for uint8 images x (N×C×H×W) and labels y, in resumable shards.
     Returns the raw float32 maps and the work folder (delete it once the maps are saved)."""
     from impactx.data import to_float
@@ -111,8 +132,17 @@ def compute_maps(model, x: np.ndarray, y: np.ndarray, *, max_evals: int, batch_s
         if path.exists():
             bar.update(hi - lo)
             continue
-        maps = shap_true_class(model, to_float(x[lo:hi]), y[lo:hi], max_evals=max_evals, batch_size=batch_size,
-                               masker=masker, device=device, seed=seed + s, progress=bar)  # fmt: skip
+        maps = shap_true_class(
+            model,
+            to_float(x[lo:hi]),
+            y[lo:hi],
+            max_evals=max_evals,
+            batch_size=batch_size,
+            masker=masker,
+            device=device,
+            seed=seed + s,
+            progress=bar,
+        )
         save_npy(path, maps)
     bar.close()
     maps = np.concatenate([np.load(p) for p in shard_paths])

@@ -27,8 +27,9 @@ CHAMPION = "champion"
 def git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -58,8 +59,9 @@ def setup(params: Params) -> str:
 
 def _parent_run_id(params: Params, experiment_id: str, tags: dict) -> str:
     key = pipeline_key(params)
-    found = mlflow.search_runs([experiment_id], filter_string=f"tags.`impactx.pipeline` = '{key}'",
-                               max_results=1, output_format="list")  # fmt: skip
+    found = mlflow.search_runs(
+        [experiment_id], filter_string=f"tags.`impactx.pipeline` = '{key}'", max_results=1, output_format="list"
+    )
     if found:
         return found[0].info.run_id
     name = f"{params.data.source}-{params.model.backbone}-{key[:8]}"
@@ -102,11 +104,15 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, registered_name: st
     with torch.no_grad():
         out = model(example.cpu()).numpy()
     info = mlflow.pytorch.log_model(
-        model, name="model", signature=infer_signature(ex, out), input_example=ex,
-        code_paths=[str(Path(__file__).parent)], serialization_format="pickle",  # keeps .explain()
+        model,
+        name="model",
+        signature=infer_signature(ex, out),
+        input_example=ex,
+        code_paths=[str(Path(__file__).parent)],
+        serialization_format="pickle",  # keeps .explain()
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
         registered_model_name=registered_name,
-    )  # fmt: skip
+    )
     return info
 
 
@@ -127,8 +133,10 @@ def promote_if_better(name: str, version: str, new_score: float, score_model, sp
             print(f"registry: kept {name}@{CHAMPION} v{champ.version}: cannot score it here ({e})")
             return False
         if new_score <= champ_score:
-            print(f"registry: {name} v{version} ({new_score:.4f}) does not beat @{CHAMPION} "
-                  f"v{champ.version} ({champ_score:.4f}) on this split")  # fmt: skip
+            print(
+                f"registry: {name} v{version} ({new_score:.4f}) does not beat @{CHAMPION} "
+                f"v{champ.version} ({champ_score:.4f}) on this split"
+            )
             return False
     client.set_registered_model_alias(name, CHAMPION, version)
     print(f"registry: {name} v{version} is now @{CHAMPION} (test accuracy {new_score:.4f})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -45,13 +45,14 @@ def seed_everything(seed: int) -> None:
 def make_loader(split: Split, batch_size: int, device: torch.device, *extra, shuffle: bool, seed: int = 0):
     tensors = [to_float(split.x), torch.from_numpy(split.y), *extra]
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=g,
-                      pin_memory=device.type == "cuda")  # fmt: skip
+    return DataLoader(
+        TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=g, pin_memory=device.type == "cuda"
+    )
 
 
 @torch.no_grad()
 def predict_logits(model, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    model.eval()
+    model.to(device).eval()
     bs = inference_batch_size(device)
     return torch.cat([model(x[i : i + bs].to(device, non_blocking=True)).float().cpu() for i in range(0, len(x), bs)])
 
@@ -67,14 +68,16 @@ EpochHook = Callable[[int, dict], None]
 
 
 def _fit(model, params, train_loader, val_split, device, step, on_epoch: EpochHook | None, desc: str):
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=params.lr,
-                           weight_decay=params.weight_decay)  # fmt: skip
+    opt = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=params.lr, weight_decay=params.weight_decay
+    )
     best_acc, best_state, history = -1.0, None, []
     for epoch in range(1, params.epochs + 1):
         model.train()
         sums, n = {}, 0
-        for batch in tqdm(train_loader, desc=f"{desc} epoch {epoch}/{params.epochs}", leave=False, mininterval=2,
-                          disable=None):
+        for batch in tqdm(
+            train_loader, desc=f"{desc} epoch {epoch}/{params.epochs}", leave=False, mininterval=2, disable=None
+        ):
             batch = [t.to(device, non_blocking=True) for t in batch]
             losses = step(model, *batch)
             opt.zero_grad(set_to_none=True)
@@ -100,8 +103,9 @@ def _classifier_step(model, x, y):
     return {"loss": F.cross_entropy(model(x), y)}
 
 
-def train_classifier(model, train: Split, val: Split, params: TrainParams, device, seed: int,
-                     on_epoch: EpochHook | None = None) -> dict:  # fmt: skip
+def train_classifier(
+    model, train: Split, val: Split, params: TrainParams, device, seed: int, on_epoch: EpochHook | None = None
+) -> dict:
     """Stage 1: fine-tune A with cross-entropy."""
     seed_everything(seed)
     model.to(device)
@@ -109,8 +113,16 @@ def train_classifier(model, train: Split, val: Split, params: TrainParams, devic
     return _fit(model, params, loader, val, device, _classifier_step, on_epoch, "finetune")
 
 
-def train_impactx(model, train: Split, maps: torch.Tensor, val: Split, params: ImpactxParams, device, seed: int,
-                  on_epoch: EpochHook | None = None) -> dict:  # fmt: skip
+def train_impactx(
+    model,
+    train: Split,
+    maps: torch.Tensor,
+    val: Split,
+    params: ImpactxParams,
+    device,
+    seed: int,
+    on_epoch: EpochHook | None = None,
+) -> dict:
     """Stage 2: train LEP, D and C on CE + λ·MSE against the scaled SHAP maps of the training images."""
     seed_everything(seed)
     model.to(device)

@@ -17,8 +17,9 @@ def main():
     model = build_baseline(params.model.backbone, info)
     with tracking.stage_run("finetune", params, extra_tags={"method": "baseline"}):
         tracking.log_params_section(params, "seed", "data", "model", "finetune")
-        result = train_classifier(model, ds.train, ds.val, params.finetune, device, params.seed,
-                                  on_epoch=tracking.epoch_logger())  # fmt: skip
+        result = train_classifier(
+            model, ds.train, ds.val, params.finetune, device, params.seed, on_epoch=tracking.epoch_logger()
+        )
         mlflow.log_metric("best_val_accuracy", result["best_val_accuracy"])
     save_torch("models/baseline.pt", model.cpu().state_dict())
     save_json("metrics/finetune.json", {"best_val_accuracy": result["best_val_accuracy"]})

@@ -3,9 +3,9 @@
 import time
 
 import mlflow
-import shap
 import torch
 
+import shap
 from impactx import data, shap_maps, tracking
 from impactx.cli import run_stage
 from impactx.config import load_params
@@ -26,17 +26,32 @@ def main():
     with tracking.stage_run("shap", params):
         tracking.log_params_section(params, "seed", "shap")
         t0 = time.perf_counter()
-        maps, work = shap_maps.compute_maps(model, ds.train.x, ds.train.y, max_evals=p.max_evals,
-                                            batch_size=p.batch_size, masker=p.masker, shard_size=p.shard_size,
-                                            seed=params.seed, device=device, work_root=".shap_work")  # fmt: skip
+        maps, work = shap_maps.compute_maps(
+            model,
+            ds.train.x,
+            ds.train.y,
+            max_evals=p.max_evals,
+            batch_size=p.batch_size,
+            masker=p.masker,
+            shard_size=p.shard_size,
+            seed=params.seed,
+            device=device,
+            work_root=".shap_work",
+        )
         seconds = time.perf_counter() - t0
         meta = {
-            "explainer": "shap.PartitionExplainer", "shap_version": shap.__version__, "masker": p.masker,
-            "max_evals": p.max_evals, "batch_size": p.batch_size, "seed": params.seed,
-            "output": "softmax probability of the true class", "shape": list(maps.shape), "dtype": "float32",
+            "explainer": "shap.PartitionExplainer",
+            "shap_version": shap.__version__,
+            "masker": p.masker,
+            "max_evals": p.max_evals,
+            "batch_size": p.batch_size,
+            "seed": params.seed,
+            "output": "softmax probability of the true class",
+            "shape": list(maps.shape),
+            "dtype": "float32",
             "values": "raw SHAP values; scaled per image by max |value| before training (impactx.shap_maps.scale_maps)",
             "seconds_this_run": round(seconds, 2),
-        }  # fmt: skip
+        }
         shap_maps.save_maps(maps, meta, OUT)
         mlflow.log_metrics({"seconds": seconds, "images": len(maps)})
     shap_maps.discard_work(work)

@@ -23,8 +23,9 @@ def main():
     model = build_impactx(baseline, info, params.impactx.latent_dim)
     with tracking.stage_run("train_impactx", params, extra_tags={"method": "impactx"}):
         tracking.log_params_section(params, "seed", "model", "impactx")
-        result = train_impactx(model, ds.train, maps, ds.val, params.impactx, device, params.seed,
-                               on_epoch=tracking.epoch_logger())  # fmt: skip
+        result = train_impactx(
+            model, ds.train, maps, ds.val, params.impactx, device, params.seed, on_epoch=tracking.epoch_logger()
+        )
         mlflow.log_metric("best_val_accuracy", result["best_val_accuracy"])
     save_torch("models/impactx.pt", model.cpu().state_dict())
     save_json("metrics/train_impactx.json", {"best_val_accuracy": result["best_val_accuracy"]})

@@ -19,15 +19,22 @@ def write_cifar_archive(root: Path, flavour: str, n_per_batch: int = 6, seed: in
     rng = np.random.default_rng(seed)
     build = root / "build"
     if flavour == "cifar10":
-        folder, names, label_key, meta_key = "cifar-10-batches-py", ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"], "labels", "label_names"
+        folder, names, label_key, meta_key = (
+            "cifar-10-batches-py",
+            ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"],
+            "labels",
+            "label_names",
+        )
         meta_name, classes = "batches.meta", [f"class{i}" for i in range(10)]
     else:
         folder, names, label_key, meta_key = "cifar-100-python", ["train", "test"], "fine_labels", "fine_label_names"
         meta_name, classes = "meta", [f"fine{i}" for i in range(100)]
     (build / folder).mkdir(parents=True)
     for name in names:
-        batch = {"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 label_key: rng.integers(0, len(classes), n_per_batch).tolist()}  # fmt: skip
+        batch = {
+            "data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+            label_key: rng.integers(0, len(classes), n_per_batch).tolist(),
+        }
         (build / folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     (build / folder / meta_name).write_bytes(pickle.dumps({meta_key: classes}, protocol=2))
     archive = root / ("cifar-10-python.tar.gz" if flavour == "cifar10" else "cifar-100-python.tar.gz")
@@ -82,8 +89,7 @@ def offline(monkeypatch):
     """Any torchvision download raises as it does on a machine with no network."""
     import urllib.error
 
-    import torchvision.datasets.cifar as cifar
-    import torchvision.datasets.stl10 as stl10
+    from torchvision.datasets import cifar, stl10
 
     def fail(*a, **k):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")

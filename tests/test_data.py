@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from conftest import patch_cifar_md5, write_cifar_archive, write_image_folder, write_stl10
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from conftest import patch_cifar_md5, write_cifar_archive, write_image_folder, write_stl10
 from impactx import ImpactXError, data
 from impactx.config import DataParams
 
@@ -46,7 +46,9 @@ def test_cifar_pixels_keep_torchvision_layout(tmp_path, monkeypatch, offline):
 
 
 def test_cifar_offline_without_archive_names_file_and_root(tmp_path, offline):
-    with pytest.raises(ImpactXError, match=r"cannot download cifar-10-python.tar.gz.*put cifar-10-python.tar.gz in data.root"):
+    with pytest.raises(
+        ImpactXError, match=r"cannot download cifar-10-python.tar.gz.*put cifar-10-python.tar.gz in data.root"
+    ):
         data.prepare(DataParams(source="cifar10", root=str(tmp_path)), seed=0)
 
 

@@ -25,8 +25,13 @@ TINY = {
 
 
 def run(cmd, cwd, check=True):
-    env = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid", "GIT_COMMITTER_NAME": "test",
-           "GIT_COMMITTER_EMAIL": "test@example.invalid", **os.environ}  # fmt: skip
+    env = {
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+        **os.environ,
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the stages' `python` is ours
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and p.returncode:
@@ -60,9 +65,18 @@ def test_repro_produces_every_output(project):
     root, first = project
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first.stdout
-    for out in ["data/prepared/dataset.npz", "data/prepared/info.json", "models/baseline.pt", "shap/maps.npy",
-                "shap/maps.json", "models/impactx.pt", "metrics/metrics.json", "plots/morf.json",
-                "figures/explanations.png", "figures/morf.png"]:  # fmt: skip
+    for out in [
+        "data/prepared/dataset.npz",
+        "data/prepared/info.json",
+        "models/baseline.pt",
+        "shap/maps.npy",
+        "shap/maps.json",
+        "models/impactx.pt",
+        "metrics/metrics.json",
+        "plots/morf.json",
+        "figures/explanations.png",
+        "figures/morf.png",
+    ]:
         assert (root / out).stat().st_size > 0, out
     import numpy as np
 
@@ -107,7 +121,8 @@ def test_mlflow_runs_and_registry(project):
         name = f"digits-lenet5-{method}"
         champ = client.get_model_version_by_alias(name, "champion")
         assert str(champ.version) == "1" and float(champ.tags["test_accuracy"]) == pytest.approx(
-            evaluate[method].data.metrics["test_accuracy"], abs=1e-6)
+            evaluate[method].data.metrics["test_accuracy"], abs=1e-6
+        )
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
         model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
         assert model.metadata.signature is not None

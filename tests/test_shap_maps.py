@@ -1,13 +1,12 @@
 import numpy as np
 import pytest
-import shap
 import torch
 
-from impactx import ImpactXError
+import shap
+from impactx import ImpactXError, shap_maps
 from impactx.backbones import build_backbone
 from impactx.model import Classifier
 from impactx.shap_maps import check_masker, compute_maps, scale_maps, shap_true_class
-import impactx.shap_maps as shap_maps
 
 CPU = torch.device("cpu")
 

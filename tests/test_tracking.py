@@ -26,7 +26,7 @@ def register(params, score: float):
 
 
 def test_champion_moves_only_to_a_better_model(local_mlflow):
-    score = lambda m: m.score  # noqa: E731
+    score = lambda m: m.score
     client = MlflowClient()
     v1 = register(local_mlflow, 0.5)
     assert tracking.promote_if_better("toy-lenet5-baseline", v1, 0.5, score, "split")
@@ -46,6 +46,6 @@ def test_stage_runs_share_one_parent_per_configuration(local_mlflow):
     other = local_mlflow.model_copy(update={"seed": 1})
     with tracking.stage_run("finetune", other) as c:
         pass
-    parent = lambda r: mlflow.get_run(r.info.run_id).data.tags["mlflow.parentRunId"]  # noqa: E731
+    parent = lambda r: mlflow.get_run(r.info.run_id).data.tags["mlflow.parentRunId"]
     assert parent(a) == parent(b) != parent(c)
     assert mlflow.get_run(a.info.run_id).data.tags["dvc_stage"] == "finetune"
