@@ -50,6 +50,8 @@ class ShapParams(_Section):
     batch_size: int = Field(500, gt=0)
     masker: str = "blur(8,8)"
     shard_size: int = Field(256, gt=0)
+    pool_size: int = Field(16, gt=0)  # images explained together; masks take pool × max_evals × C·H·W bytes
+    workers: int = Field(1, gt=0)  # CPU processes, one shard each at a time
 
 
 class ImpactxParams(TrainParams):

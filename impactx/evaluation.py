@@ -12,7 +12,7 @@ import torch
 from impactx import morf
 from impactx.config import Params
 from impactx.data import Dataset, to_float
-from impactx.shap_maps import shap_true_class
+from impactx.shap_maps import partition_shap
 from impactx.train import accuracy, inference_batch_size
 
 
@@ -60,9 +60,9 @@ def evaluate(baseline, model, ds: Dataset, params: Params, device: torch.device)
     idx = np.sort(np.random.default_rng(params.seed).permutation(len(ds.test.y))[: p.morf_images])
     x = to_float(ds.test.x[idx])
     pred, impactx_maps = explain_batched(model, x, device)
-    shap = shap_true_class(
+    shap = partition_shap(
         model, x, pred.numpy(), max_evals=p.shap_max_evals, batch_size=params.shap.batch_size,
-        masker=params.shap.masker, device=device, seed=params.seed,
+        masker=params.shap.masker, seed=params.seed, pool=params.shap.pool_size, device=device,
     )  # fmt: skip
     maps = {
         "impactx": impactx_maps,

@@ -1,4 +1,7 @@
-"""SHAP attribution maps r = R(A, x, y) for the TRUE class y, with shap's Partition explainer and Image masker.
+"""SHAP attribution maps r = R(A, x, y) for the TRUE class y: Partition SHAP with shap's Image masker.
+
+partition_shap computes shap.PartitionExplainer's values for many images per forward pass (impactx.owen);
+shap_true_class is shap itself, one image at a time, kept as the reference for tests and benchmarks.
 
 What is explained: the softmax probability of the true class, so a map sums to
 p_y(x) − p_y(background), where the background is the fully masked (e.g. blurred) image.
@@ -10,15 +13,19 @@ and relative relevance inside an image, which is all MoRF uses, is unchanged. ma
 
 Large runs are split into shards of `shard_size` images written atomically under a work folder keyed by
 the model, images and settings, so a killed run resumes with the missing shards only and the result is
-byte-identical to an uninterrupted one (shap's random tie-breaking is seeded per shard).
+byte-identical to an uninterrupted one (ties are broken by a normal draw seeded per image: [seed, index]).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import re
 import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +54,47 @@ def scale_maps(maps: np.ndarray | torch.Tensor):
     return maps / peak.reshape((-1,) + (1,) * (maps.ndim - 1))
 
 
+def partition_shap(
+    model,
+    images: torch.Tensor,
+    targets,
+    *,
+    max_evals: int,
+    batch_size: int,
+    masker: str = "blur(8,8)",
+    seed: int = 0,
+    first_index: int = 0,
+    pool: int = 16,
+    device: torch.device | None = None,
+    progress=None,
+) -> np.ndarray:
+    """Partition-SHAP maps of softmax(model(x))[target], many images per forward pass (impactx.owen).
+
+    images: float N×C×H×W in [0, 1]; targets: N class indices; returns float32 N×C×H×W, equal to
+    shap.PartitionExplainer with shap.maskers.Image(masker) up to float rounding of the model outputs.
+    Maskers: blur(k,k), inpaint_telea, inpaint_ns. Image i breaks priority ties with
+    np.random.RandomState([seed, first_index + i]), so a shard's maps do not depend on where it starts.
+    """
+    from impactx.owen import owen_values
+
+    check_masker(masker)
+    device = device or next(model.parameters()).device
+    model = model.to(device).eval()
+    seeds = [[seed, first_index + i] for i in range(len(images))]
+    return owen_values(
+        model,
+        images,
+        targets,
+        max_evals=max_evals,
+        batch_size=batch_size,
+        masker=masker,
+        seeds=seeds,
+        pool=pool,
+        device=device,
+        progress=progress,
+    )
+
+
 def shap_true_class(
     model,
     images: torch.Tensor,
@@ -57,29 +105,37 @@ def shap_true_class(
     masker: str,
     device: torch.device,
     seed: int = 0,
+    first_index: int = 0,
     progress=None,
 ) -> np.ndarray:
-    """Partition-SHAP maps, one image at a time through shap.PartitionExplainer. Returns N×C×H×W float32."""
+    """The reference: shap.PartitionExplainer, one image at a time, seeded like partition_shap.
+    Returns N×C×H×W float32. Slow; kept for tests and benchmarks/shap_throughput.py."""
     import shap
 
     check_masker(masker)
     n, c, h, w = images.shape
     model = model.to(device).eval()
     target = {"y": 0}
+    # OpenCV inpaints 8-bit images, so inpaint maskers see pixels in 0..255 and the model gets them back /255
+    scale = 255.0 if masker.startswith("inpaint") else 1.0
 
     @torch.no_grad()
     def f(x_hwc: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(x_hwc, dtype=np.float32)).permute(0, 3, 1, 2).to(device)
+        if scale != 1.0:
+            x = x / scale
         p = torch.softmax(model(x).float(), dim=1)[:, target["y"]]
         return p.cpu().numpy()[:, None]
 
     image_masker = shap.maskers.Image(masker, shape=(h, w, c))
     explainer = shap.PartitionExplainer(f, image_masker)
     hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
+    if scale != 1.0:
+        hwc = np.rint(hwc * scale).astype(np.float32)
     out = np.empty((n, c, h, w), np.float32)
-    np.random.seed(seed)  # shap breaks exact priority ties with np.random
     for i in range(n):
         target["y"] = int(targets[i])
+        np.random.seed([seed, first_index + i])  # shap breaks exact priority ties with np.random.randn
         # shap's Image masker caches the blurred image under id(x); a new row array can reuse a freed
         # array's id and get the previous image's blur as its background. Forget the cache per image.
         image_masker.last_xid = None
@@ -100,6 +156,36 @@ def _key(model, x: np.ndarray, y: np.ndarray, settings: dict) -> str:
     return h.hexdigest()
 
 
+class _Progress:
+    """tqdm bar over images that also shows evaluations per second."""
+
+    def __init__(self, total: int, max_evals: int):
+        self.bar = tqdm(total=total, desc="shap maps", unit="img", smoothing=0.05, mininterval=2)
+        self.max_evals, self.t0, self.done = max_evals, time.perf_counter(), 0
+
+    def update(self, n: int = 1, computed: bool = True):
+        if computed:
+            self.done += n
+            rate = self.done * self.max_evals / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix_str(f"{rate:,.0f} evals/s", refresh=False)
+        self.bar.update(n)
+
+    def close(self):
+        self.bar.close()
+
+
+def _shard(model, x, y, lo, path, kw):
+    """One shard, written atomically; runs in this process or in a worker."""
+    from impactx.data import to_float
+
+    save_npy(path, partition_shap(model, to_float(x), y, first_index=lo, **kw))
+    return len(x)
+
+
+def _worker_init(threads: int):
+    torch.set_num_threads(threads)
+
+
 def compute_maps(
     model,
     x: np.ndarray,
@@ -112,41 +198,45 @@ def compute_maps(
     seed: int,
     device: torch.device,
     work_root: Path,
+    pool: int = 16,
+    workers: int = 1,
 ) -> tuple[np.ndarray, Path]:
     """SHAP maps for uint8 images x (N×C×H×W) and labels y, in resumable shards.
-    Returns the raw float32 maps and the work folder (delete it once the maps are saved)."""
-    from impactx.data import to_float
+    Returns the raw float32 maps and the work folder (delete it once the maps are saved).
 
+    workers > 1 computes shards in that many processes (CPU), each with cpu_count // workers threads:
+    on small models two single-thread processes outrun one process with two threads."""
     check_masker(masker)
-    settings = dict(max_evals=max_evals, batch_size=batch_size, masker=masker, shard_size=shard_size, seed=seed)
+    settings = dict(max_evals=max_evals, batch_size=batch_size, masker=masker, shard_size=shard_size, seed=seed,
+                    pool=pool)  # fmt: skip
     work = Path(work_root) / _key(model, x, y, settings)[:16]
     work.mkdir(parents=True, exist_ok=True)
     n_shards = (len(x) + shard_size - 1) // shard_size
     shard_paths = [work / f"shard_{s:05d}.npy" for s in range(n_shards)]
-    done = sum(p.exists() for p in shard_paths)
-    if done:
-        print(f"shap: resuming, {done}/{n_shards} shards already in {work}", flush=True)
-    bar = tqdm(total=len(x), desc="shap maps", unit="img", smoothing=0.05, mininterval=2)
-    for s, path in enumerate(shard_paths):
-        lo, hi = s * shard_size, min((s + 1) * shard_size, len(x))
-        if path.exists():
-            bar.update(hi - lo)
-            continue
-        maps = shap_true_class(
-            model,
-            to_float(x[lo:hi]),
-            y[lo:hi],
-            max_evals=max_evals,
-            batch_size=batch_size,
-            masker=masker,
-            device=device,
-            seed=seed + s,
-            progress=bar,
-        )
-        save_npy(path, maps)
-    bar.close()
+    todo = [s for s, p in enumerate(shard_paths) if not p.exists()]
+    if len(todo) < n_shards:
+        print(f"shap: resuming, {n_shards - len(todo)}/{n_shards} shards already in {work}", flush=True)
+    progress = _Progress(len(x), max_evals)
+    progress.update(len(x) - sum(min(shard_size, len(x) - s * shard_size) for s in todo), computed=False)
+    kw = dict(max_evals=max_evals, batch_size=batch_size, masker=masker, seed=seed, pool=pool, device=device)
+    if workers > 1 and device.type == "cpu" and len(todo) > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:
+            jobs = [ex.submit(_shard, model, *_bounds(x, y, s, shard_size), shard_paths[s], kw) for s in todo]
+            for job in as_completed(jobs):
+                progress.update(job.result())
+    else:
+        for s in todo:
+            _shard(model, *_bounds(x, y, s, shard_size), shard_paths[s], dict(kw, progress=progress))
+    progress.close()
     maps = np.concatenate([np.load(p) for p in shard_paths])
     return maps, work
+
+
+def _bounds(x, y, s, shard_size):
+    lo, hi = s * shard_size, min((s + 1) * shard_size, len(x))
+    return x[lo:hi], y[lo:hi], lo
 
 
 def save_maps(maps: np.ndarray, meta: dict, out_dir: Path) -> None:

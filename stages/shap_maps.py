@@ -37,11 +37,14 @@ def main():
             seed=params.seed,
             device=device,
             work_root=".shap_work",
+            pool=p.pool_size,
+            workers=p.workers,
         )
         seconds = time.perf_counter() - t0
         meta = {
-            "explainer": "shap.PartitionExplainer",
+            "explainer": "impactx.shap_maps.partition_shap (values of shap.PartitionExplainer)",
             "shap_version": shap.__version__,
+            "tie_break_seed": "np.random.RandomState([seed, image index])",
             "masker": p.masker,
             "max_evals": p.max_evals,
             "batch_size": p.batch_size,
@@ -53,9 +56,12 @@ def main():
             "seconds_this_run": round(seconds, 2),
         }
         shap_maps.save_maps(maps, meta, OUT)
-        mlflow.log_metrics({"seconds": seconds, "images": len(maps)})
+        mlflow.log_metrics({"seconds": seconds, "images": len(maps), "evals_per_s": len(maps) * p.max_evals / seconds})
     shap_maps.discard_work(work)
-    print(f"shap: {len(maps)} maps ({p.masker}, max_evals={p.max_evals}) in {seconds:.1f}s -> {OUT}/maps.npy")
+    rate = len(maps) * p.max_evals / seconds
+    print(
+        f"shap: {len(maps)} maps ({p.masker}, max_evals={p.max_evals}) in {seconds:.1f}s ({rate:,.0f} evals/s) -> {OUT}/maps.npy"
+    )
 
 
 if __name__ == "__main__":

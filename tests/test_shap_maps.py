@@ -6,7 +6,7 @@ import shap
 from impactx import ImpactXError, shap_maps
 from impactx.backbones import build_backbone
 from impactx.model import Classifier
-from impactx.shap_maps import check_masker, compute_maps, scale_maps, shap_true_class
+from impactx.shap_maps import check_masker, compute_maps, partition_shap, scale_maps, shap_true_class
 
 CPU = torch.device("cpu")
 
@@ -25,20 +25,44 @@ def test_scale_maps_numpy_and_torch():
         assert np.array_equal(np.sign(s), np.sign(maps)) and np.all(s[2] == 0)
 
 
-def test_maps_sum_to_output_difference():
-    """Efficiency: a map sums to p_y(x) − p_y(fully masked x), as shap's values do."""
+def fully_masked_output(model, x, y, masker):
+    """p_y(x) − p_y(background) with shap's own Image masker: what a map must sum to."""
+    c, h, w = x.shape
+    hwc = x.permute(1, 2, 0).numpy()
+    bg = np.asarray(shap.maskers.Image(masker, shape=(h, w, c))(np.zeros(h * w * c, bool), hwc)[0])
+    with torch.no_grad():
+        p = torch.softmax(model(torch.from_numpy(np.stack([hwc, bg.reshape(h, w, c)])).permute(0, 3, 1, 2)), 1)
+    return float(p[0, y] - p[1, y])
+
+
+@pytest.mark.parametrize("masker", ["blur(4,4)", "inpaint_telea"])
+def test_partition_shap_equals_shap(masker):
+    """Same values as shap.PartitionExplainer. batch_size 64 < max_evals forces several rounds that pop only
+    the best nodes, and pool 2 < 5 images makes finished images hand their slot to the next. Ties: both
+    sides draw from np.random seeded with [seed, image index] (shap_true_class seeds np.random so)."""
     model = tiny_model()
-    x = torch.rand(3, 3, 16, 16)
-    y = np.array([0, 2, 3])
-    maps = shap_true_class(model, x, y, max_evals=200, batch_size=100, masker="blur(4,4)", device=CPU)
-    assert maps.shape == (3, 3, 16, 16) and maps.dtype == np.float32
-    for i in range(3):
-        hwc = x[i].permute(1, 2, 0).numpy()
-        masker = shap.maskers.Image("blur(4,4)", shape=(16, 16, 3))  # fresh: its blur cache is keyed by id(x)
-        bg = np.asarray(masker(np.zeros(16 * 16 * 3, bool), hwc)[0]).reshape(1, 16, 16, 3)
-        with torch.no_grad():
-            p = torch.softmax(model(torch.from_numpy(np.stack([hwc, bg[0]])).permute(0, 3, 1, 2).float()), 1)
-        assert maps[i].sum() == pytest.approx(float(p[0, y[i]] - p[1, y[i]]), abs=1e-5)
+    x = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (5, 3, 16, 16)).astype(np.float32) / 255)
+    y = np.array([0, 1, 2, 3, 1])
+    kw = dict(max_evals=300, batch_size=64, masker=masker, seed=3)
+    reference = shap_true_class(model, x, y, device=CPU, **kw)
+    ours = partition_shap(model, x, y, pool=2, device=CPU, **kw)
+    assert ours.shape == (5, 3, 16, 16) and ours.dtype == np.float32
+    assert np.abs(ours - reference).max() <= 1e-5 * np.abs(reference).max()
+    if masker.startswith("blur"):  # inpainting of a fully masked image is its mean colour, not a blur
+        for i in range(5):
+            expected = fully_masked_output(model, x[i], y[i], masker)
+            assert ours[i].sum() == pytest.approx(expected, abs=1e-6)
+            assert reference[i].sum() == pytest.approx(expected, abs=1e-6)
+
+
+def test_partition_shap_first_index_makes_shards_independent():
+    model = tiny_model()
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = np.array([0, 1, 2, 3])
+    kw = dict(max_evals=120, batch_size=32, masker="blur(4,4)", device=CPU)
+    whole = partition_shap(model, x, y, **kw)
+    tail = partition_shap(model, x[2:], y[2:], first_index=2, **kw)
+    np.testing.assert_allclose(tail, whole[2:], rtol=0, atol=1e-6 * np.abs(whole).max())
 
 
 def test_bad_masker():
@@ -53,7 +77,7 @@ def test_shards_resume_to_identical_maps(tmp_path, monkeypatch):
     kw = dict(max_evals=100, batch_size=50, masker="blur(4,4)", shard_size=2, seed=7, device=CPU)
     full, _ = compute_maps(model, x, y, work_root=tmp_path / "a", **kw)
 
-    real, calls = shap_maps.shap_true_class, []
+    real, calls = shap_maps.partition_shap, []
 
     def dies_on_second_shard(*a, **k):
         calls.append(1)
@@ -63,7 +87,7 @@ def test_shards_resume_to_identical_maps(tmp_path, monkeypatch):
 
     resuming = False
 
-    monkeypatch.setattr(shap_maps, "shap_true_class", dies_on_second_shard)
+    monkeypatch.setattr(shap_maps, "partition_shap", dies_on_second_shard)
     with pytest.raises(SystemExit):
         compute_maps(model, x, y, work_root=tmp_path / "b", **kw)
     work = next((tmp_path / "b").iterdir())
@@ -74,3 +98,13 @@ def test_shards_resume_to_identical_maps(tmp_path, monkeypatch):
     resumed, _ = compute_maps(model, x, y, work_root=tmp_path / "b", **kw)
     assert len(calls) == 2  # only the two missing shards
     assert resumed.tobytes() == full.tobytes()
+
+
+def test_worker_processes_give_the_same_maps(tmp_path):
+    model = tiny_model()
+    x = np.random.default_rng(0).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)
+    y = np.array([0, 1, 2, 3])
+    kw = dict(max_evals=100, batch_size=50, masker="blur(4,4)", shard_size=2, seed=0, device=CPU)
+    one, _ = compute_maps(model, x, y, work_root=tmp_path / "a", workers=1, **kw)
+    two, _ = compute_maps(model, x, y, work_root=tmp_path / "b", workers=2, **kw)
+    assert one.tobytes() == two.tobytes()
