@@ -51,7 +51,10 @@ class ShapParams(_Section):
     masker: str = "blur(8,8)"
     shard_size: int = Field(256, gt=0)
     pool_size: int = Field(16, gt=0)  # images explained together; masks take pool × max_evals × C·H·W bytes
-    workers: int = Field(1, gt=0)  # CPU processes, one shard each at a time
+    workers: int = Field(1, gt=0)  # processes (local) or LocalCluster workers (dask), one shard each at a time
+    executor: Literal["local", "dask"] = "local"  # dask: shards as Prefect tasks on a Dask cluster
+    dask_address: str | None = None  # scheduler address of a running cluster; None starts a LocalCluster
+    gpus_per_shard: float = Field(0.0, ge=0)  # Dask resource "GPU" each shard task needs (workers: --resources GPU=1)
 
 
 class ImpactxParams(TrainParams):

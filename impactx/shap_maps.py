@@ -174,16 +174,33 @@ class _Progress:
         self.bar.close()
 
 
-def _shard(model, x, y, lo, path, kw):
-    """One shard, written atomically; runs in this process or in a worker."""
+def shard_maps(model, x, y, lo, kw, threads: int | None = None) -> np.ndarray:
+    """One shard's maps: a pure function of its inputs, so it can run anywhere and be retried."""
     from impactx.data import to_float
 
-    save_npy(path, partition_shap(model, to_float(x), y, first_index=lo, **kw))
-    return len(x)
+    if threads:
+        torch.set_num_threads(threads)
+    return partition_shap(model, to_float(x), y, first_index=lo, **kw)
 
 
-def _worker_init(threads: int):
-    torch.set_num_threads(threads)
+def local_runner(workers: int = 1):
+    """Runs shard jobs here (workers=1) or in `workers` processes with cpu_count // workers threads each:
+    on small models two single-thread processes outrun one process with two threads."""
+
+    def run(jobs: list[tuple], on_done, progress) -> None:
+        if workers == 1 or len(jobs) < 2:
+            for i, job in enumerate(jobs):
+                on_done(i, shard_maps(*job[:-1], dict(job[-1], progress=progress)))
+            return
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+            futures = {ex.submit(shard_maps, *job, threads=threads): i for i, job in enumerate(jobs)}
+            for done in as_completed(futures):
+                on_done(futures[done], done.result())
+                progress.update(len(jobs[futures[done]][1]))
+
+    return run
 
 
 def compute_maps(
@@ -199,13 +216,14 @@ def compute_maps(
     device: torch.device,
     work_root: Path,
     pool: int = 16,
-    workers: int = 1,
+    runner=None,
 ) -> tuple[np.ndarray, Path]:
     """SHAP maps for uint8 images x (N×C×H×W) and labels y, in resumable shards.
     Returns the raw float32 maps and the work folder (delete it once the maps are saved).
 
-    workers > 1 computes shards in that many processes (CPU), each with cpu_count // workers threads:
-    on small models two single-thread processes outrun one process with two threads."""
+    runner(jobs, on_done, progress) computes the missing shards (each job: shard_maps's arguments) and
+    hands each result to on_done(job index, maps), which writes the shard atomically: local_runner() by
+    default, impactx.fanout.dask_runner() for a Dask cluster."""
     check_masker(masker)
     settings = dict(max_evals=max_evals, batch_size=batch_size, masker=masker, shard_size=shard_size, seed=seed,
                     pool=pool)  # fmt: skip
@@ -219,24 +237,18 @@ def compute_maps(
     progress = _Progress(len(x), max_evals)
     progress.update(len(x) - sum(min(shard_size, len(x) - s * shard_size) for s in todo), computed=False)
     kw = dict(max_evals=max_evals, batch_size=batch_size, masker=masker, seed=seed, pool=pool, device=device)
-    if workers > 1 and device.type == "cpu" and len(todo) > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as ex:
-            jobs = [ex.submit(_shard, model, *_bounds(x, y, s, shard_size), shard_paths[s], kw) for s in todo]
-            for job in as_completed(jobs):
-                progress.update(job.result())
-    else:
-        for s in todo:
-            _shard(model, *_bounds(x, y, s, shard_size), shard_paths[s], dict(kw, progress=progress))
+    jobs = []
+    for s in todo:
+        lo, hi = s * shard_size, min((s + 1) * shard_size, len(x))
+        jobs.append((model, x[lo:hi], y[lo:hi], lo, kw))
+
+    def on_done(i: int, maps: np.ndarray) -> None:
+        save_npy(shard_paths[todo[i]], maps)
+
+    (runner or local_runner())(jobs, on_done, progress)
     progress.close()
     maps = np.concatenate([np.load(p) for p in shard_paths])
     return maps, work
-
-
-def _bounds(x, y, s, shard_size):
-    lo, hi = s * shard_size, min((s + 1) * shard_size, len(x))
-    return x[lo:hi], y[lo:hi], lo
 
 
 def save_maps(maps: np.ndarray, meta: dict, out_dir: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from impactx.config import Params
 
 CHAMPION = "champion"
+FLOW_RUN_ENV = "IMPACTX_PREFECT_FLOW_RUN_ID"
 
 
 def git_revision() -> str:
@@ -77,6 +79,8 @@ def stage_run(stage: str, params: Params, run_name: str | None = None, extra_tag
     tags = {"dataset": params.data.source, "backbone": params.model.backbone, "git_revision": git_revision()}
     parent = _parent_run_id(params, experiment_id, tags)
     tags.update({"dvc_stage": stage, "mlflow.parentRunId": parent, "impactx.pipeline_key": pipeline_key(params)})
+    if os.environ.get(FLOW_RUN_ENV):  # set by flows/pipeline.py for the stages it runs
+        tags["prefect_flow_run_id"] = os.environ[FLOW_RUN_ENV]
     tags.update(extra_tags or {})
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, tags=tags) as run:
         yield run

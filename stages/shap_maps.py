@@ -15,6 +15,14 @@ from impactx.train import resolve_device
 OUT = "shap"
 
 
+def runner(p):
+    if p.executor == "dask":
+        from impactx.fanout import dask_runner
+
+        return dask_runner(address=p.dask_address, workers=p.workers, gpus_per_shard=p.gpus_per_shard)
+    return shap_maps.local_runner(p.workers)
+
+
 def main():
     params = load_params()
     p = params.shap
@@ -38,7 +46,7 @@ def main():
             device=device,
             work_root=".shap_work",
             pool=p.pool_size,
-            workers=p.workers,
+            runner=runner(p),
         )
         seconds = time.perf_counter() - t0
         meta = {

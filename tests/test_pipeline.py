@@ -1,61 +1,17 @@
 """End to end: the whole `dvc repro` on tiny params in a temporary copy of the repo."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import run, tiny_project
 
-REPO = Path(__file__).resolve().parents[1]
-TRACKED = ["dvc.yaml", "params.yaml", "stages", "impactx", ".dvc/config", ".dvcignore", ".gitignore"]
 STAGES = ["fetch_data", "finetune", "shap", "train_impactx", "evaluate"]
-
-TINY = {
-    "data": {"train_limit": 96, "test_limit": 48},
-    "finetune": {"epochs": 2, "batch_size": 32},
-    "shap": {"max_evals": 64, "batch_size": 64, "shard_size": 32},
-    "impactx": {"epochs": 2, "batch_size": 32, "latent_dim": 64},
-    "evaluate": {"morf_images": 8, "steps": 4, "shap_max_evals": 64, "figure_images": 2},
-}
-
-
-def run(cmd, cwd, check=True):
-    env = {
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.invalid",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.invalid",
-        **os.environ,
-    }
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the stages' `python` is ours
-    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and p.returncode:
-        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    for name in TRACKED:
-        src, dst = REPO / name, root / name
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dst)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "tiny"], root)
+    root = tiny_project(tmp_path_factory.mktemp("project"))
     first = run(["dvc", "repro"], root)
     return root, first
 

@@ -6,7 +6,7 @@ import shap
 from impactx import ImpactXError, shap_maps
 from impactx.backbones import build_backbone
 from impactx.model import Classifier
-from impactx.shap_maps import check_masker, compute_maps, partition_shap, scale_maps, shap_true_class
+from impactx.shap_maps import check_masker, compute_maps, local_runner, partition_shap, scale_maps, shap_true_class
 
 CPU = torch.device("cpu")
 
@@ -105,6 +105,6 @@ def test_worker_processes_give_the_same_maps(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)
     y = np.array([0, 1, 2, 3])
     kw = dict(max_evals=100, batch_size=50, masker="blur(4,4)", shard_size=2, seed=0, device=CPU)
-    one, _ = compute_maps(model, x, y, work_root=tmp_path / "a", workers=1, **kw)
-    two, _ = compute_maps(model, x, y, work_root=tmp_path / "b", workers=2, **kw)
+    one, _ = compute_maps(model, x, y, work_root=tmp_path / "a", **kw)
+    two, _ = compute_maps(model, x, y, work_root=tmp_path / "b", runner=local_runner(workers=2), **kw)
     assert one.tobytes() == two.tobytes()

@@ -1,0 +1,83 @@
+"""SHAP shards on a Dask cluster, through Prefect's DaskTaskRunner: one retried Prefect task per shard.
+
+Why Dask (prefect-dask) rather than Ray: the shards are independent numpy-in, numpy-out jobs, which is
+what Dask's scheduler does with the least machinery. A LocalCluster needs nothing but `pip install`,
+a real cluster is one scheduler address (`dask scheduler`, then `dask worker ADDRESS --resources GPU=1`
+on each GPU machine), and GPU placement is a plain Dask resource. Only this module imports Prefect and
+Dask: the local path (shap.executor: local) needs neither.
+
+A shard task is a pure function (shap_maps.shard_maps) that returns its maps; this process writes each
+shard atomically as it arrives, so the workers need no shared filesystem, a task that is retried (or
+re-run by Dask after its worker died) changes nothing, and the merged maps are byte-identical to the
+single-process run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from impactx.shap_maps import shard_maps
+
+# Jobs hold a model and image arrays: they reach the flow through this table, not as flow parameters
+# (which Prefect would serialise for its API), and reach the tasks as plain Dask arguments.
+_PENDING: dict[str, tuple] = {}
+
+shard_task = task(shard_maps, name="shap-shard", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+
+
+@flow(name="impactx-shap-shards")
+def shap_shards(batch: str) -> int:
+    """Submit every shard of `batch` to the task runner's cluster; write each result as it completes."""
+    import dask
+    from prefect.futures import as_completed
+
+    jobs, on_done, progress, threads, gpus = _PENDING.pop(batch)
+    annotate = dask.annotate(resources={"GPU": gpus}) if gpus else contextlib.nullcontext()
+    with annotate:
+        futures = {
+            shard_task.with_options(name=f"shap-shard-{job[3]}").submit(*job, threads): i for i, job in enumerate(jobs)
+        }
+    for done in as_completed(list(futures)):
+        i = futures[done]
+        on_done(i, done.result())
+        progress.update(len(jobs[i][1]))
+    return len(jobs)
+
+
+def _prefect_env() -> dict:
+    """The API the local workers report to: this process's, so that without a configured server they
+    share its temporary one instead of each starting their own."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {"PREFECT_API_URL": str(client.api_url)}
+
+
+def dask_runner(address: str | None = None, workers: int = 2, gpus_per_shard: float = 0.0):
+    """A compute_maps runner: shard jobs as Prefect tasks on the Dask cluster at `address`, or on a
+    LocalCluster of `workers` single-threaded worker processes when address is None."""
+    from prefect_dask import DaskTaskRunner
+
+    def run(jobs: list[tuple], on_done, progress) -> None:
+        if not jobs:
+            return
+        if address:
+            task_runner, threads = DaskTaskRunner(address=address), None  # the cluster's workers decide
+        else:
+            cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "env": _prefect_env()}
+            if gpus_per_shard:
+                cluster["resources"] = {"GPU": 1}
+            task_runner, threads = DaskTaskRunner(cluster_kwargs=cluster), max(1, (os.cpu_count() or 1) // workers)
+        batch = uuid.uuid4().hex
+        _PENDING[batch] = (jobs, on_done, progress, threads, gpus_per_shard)
+        try:
+            shap_shards.with_options(task_runner=task_runner)(batch)
+        finally:
+            _PENDING.pop(batch, None)
+
+    return run

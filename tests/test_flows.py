@@ -1,0 +1,129 @@
+"""Prefect: the pipeline flow on tiny params, the Dask SHAP fan-out (and a worker killed mid-shard), and
+the deployment definitions. All against Prefect's test harness (a temporary local server)."""
+
+import importlib.util
+import json
+import os
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO, run, tiny_project
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.flows import load_flow_from_entrypoint
+from prefect.testing.utilities import prefect_test_harness
+
+from impactx.backbones import build_backbone
+from impactx.fanout import dask_runner
+from impactx.model import Classifier
+from impactx.shap_maps import compute_maps
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def load(entrypoint: str):
+    return load_flow_from_entrypoint(str(REPO / entrypoint))
+
+
+def test_overrides_are_written_as_dvc_exp_run_would(tmp_path):
+    spec = importlib.util.spec_from_file_location("flows_pipeline", REPO / "flows/pipeline.py")
+    flows = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flows)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    flows.apply_overrides(
+        tmp_path,
+        {"impactx.lambda": 0.4, "shap.masker": "blur(4,4)", "data.path": None, "mlflow.register_models": False},
+    )
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert params["impactx"]["lambda"] == 0.4 and params["shap"]["masker"] == "blur(4,4)"
+    assert params["data"]["path"] is None and params["mlflow"]["register_models"] is False
+    assert "# as in the paper" in (tmp_path / "params.yaml").read_text()  # comments survive, as with dvc exp run
+
+
+@pytest.mark.e2e
+def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path):
+    root = tiny_project(tmp_path)
+    pipeline = load("flows/pipeline.py:pipeline")
+
+    state = pipeline(overrides={"impactx.lambda": 0.4}, experiment="tiny", root=str(root), return_state=True)
+    assert state.is_completed(), state.message
+    assert set(state.result().values()) == {"ran"}
+    assert yaml.safe_load((root / "params.yaml").read_text())["impactx"]["lambda"] == 0.4
+    assert "tiny" in run(["dvc", "exp", "list", "--name-only"], root).stdout
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id])
+    tagged = [r for r in runs if r.data.tags.get("prefect_flow_run_id") == str(state.state_details.flow_run_id)]
+    assert {r.data.tags["dvc_stage"] for r in tagged} == {"fetch_data", "finetune", "shap", "train_impactx", "evaluate"}
+
+    again = pipeline(root=str(root), experiment="tiny-again")  # DVC's cache decides: nothing runs
+    assert set(again.values()) == {"skipped"}
+
+    bad = pipeline(overrides={"finetune.epochs": "ten"}, root=str(root), return_state=True)
+    assert bad.is_failed()
+    error = bad.result(raise_on_failure=False)
+    assert "error: params.yaml: finetune.epochs: Input should be a valid integer" in str(error)
+    assert type(error).__name__ == "BadInput"  # not retried: the same input fails the same way
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return Classifier(build_backbone("lenet5", 3, 4, 16), [0.5] * 3, [0.25] * 3).eval()
+
+
+class DiesOnce(torch.nn.Module):
+    """The first forward pass in any process kills that process (a Dask worker dying mid-shard)."""
+
+    def __init__(self, inner, marker):
+        super().__init__()
+        self.inner, self.marker = inner, str(marker)
+
+    def forward(self, x):
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            os._exit(1)
+        except FileExistsError:
+            return self.inner(x)
+
+
+def test_dask_fanout_equals_single_process_even_when_a_worker_dies(tmp_path):
+    model = tiny_model()
+    x = np.random.default_rng(0).integers(0, 256, (6, 3, 16, 16), dtype=np.uint8)
+    y = np.array([0, 1, 2, 3, 0, 1])
+    kw = dict(max_evals=100, batch_size=50, masker="blur(4,4)", shard_size=2, seed=0, device=CPU)
+    single, _ = compute_maps(model, x, y, work_root=tmp_path / "single", **kw)
+
+    fanned, _ = compute_maps(model, x, y, work_root=tmp_path / "dask", runner=dask_runner(workers=2), **kw)
+    assert fanned.tobytes() == single.tobytes()
+
+    marker = tmp_path / "a-worker-died"
+    killed, work = compute_maps(
+        DiesOnce(model, marker), x, y, work_root=tmp_path / "killed", runner=dask_runner(workers=2), **kw
+    )
+    assert marker.exists()  # a worker process really died in the middle of a shard
+    assert killed.tobytes() == single.tobytes()
+    assert sorted(p.name for p in work.iterdir()) == [f"shard_{i:05d}.npy" for i in range(3)]
+
+
+def test_deployments_load_and_validate():
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"nightly", "lambda-sweep"}
+    for d in deployments.values():
+        assert d["work_pool"]["name"] == "impactx-gpu"
+        assert "CUDA_VISIBLE_DEVICES" in d["work_pool"]["job_variables"]["env"]
+        flow = load(d["entrypoint"])
+        flow.validate_parameters(d["parameters"])  # raises on an unknown or ill-typed parameter
+    nightly = deployments["nightly"]["schedules"][0]
+    CronSchedule(cron=nightly["cron"], timezone=nightly["timezone"])  # raises on a bad cron or zone
+    assert nightly["cron"] == "0 2 * * *"
+    sweep = deployments["lambda-sweep"]["parameters"]
+    assert all(0.2 <= lam <= 1.4 for lam in sweep["lambdas"]) and len(sweep["seeds"]) == 3
+    json.dumps(sweep)  # parameters travel as JSON
