@@ -15,6 +15,7 @@ single-process run.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import uuid
 
@@ -27,7 +28,25 @@ from impactx.shap_maps import shard_maps
 # (which Prefect would serialise for its API), and reach the tasks as plain Dask arguments.
 _PENDING: dict[str, tuple] = {}
 
-shard_task = task(shard_maps, name="shap-shard", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+
+def _restore_malloc() -> None:
+    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap
+    threshold: every large buffer the engine frees goes back to the OS and the next one page-faults in
+    again, and a shard runs 2.6× slower (13.5 s against 5.2 s for 64 images here). Set both back."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to undo
+        pass
+
+
+def shard_in_worker(model, x, y, lo, kw, threads=None):
+    _restore_malloc()
+    return shard_maps(model, x, y, lo, kw, threads)
+
+
+shard_task = task(shard_in_worker, name="shap-shard", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 
 
 @flow(name="impactx-shap-shards")
