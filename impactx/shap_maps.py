@@ -184,8 +184,8 @@ def shard_maps(model, x, y, lo, kw, threads: int | None = None) -> np.ndarray:
 
 
 def local_runner(workers: int = 1):
-    """Runs shard jobs here (workers=1) or in `workers` processes with cpu_count // workers threads each:
-    on small models two single-thread processes outrun one process with two threads."""
+    """Runs shard jobs here (workers=1) or in `workers` processes with cpu_count // workers threads each
+    (for more cores than one process's threads use well)."""
 
     def run(jobs: list[tuple], on_done, progress) -> None:
         if workers == 1 or len(jobs) < 2:
