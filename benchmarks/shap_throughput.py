@@ -39,11 +39,14 @@ def forward_throughput(model, x, batch_sizes=(256, 512, 1024, 2048, 4096), secon
     return best
 
 
+def lenet5():
+    torch.manual_seed(0)
+    return Classifier(build_backbone("lenet5", 3, 10, 32), [0.5] * 3, [0.25] * 3).eval()
+
+
 def _one_thread_forward(_):
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = Classifier(build_backbone("lenet5", 3, 10, 32), [0.5] * 3, [0.25] * 3).eval()
-    return forward_throughput(model, torch.rand(512, 3, 32, 32), batch_sizes=(256, 512))[0]
+    return forward_throughput(lenet5(), torch.rand(512, 3, 32, 32), batch_sizes=(256, 512))[0]
 
 
 def forward_throughput_processes(n: int) -> float:
@@ -63,8 +66,7 @@ def main():
     ap.add_argument("--worker-images", type=int, default=256, help="images for the N-process measurement")
     args = ap.parse_args()
 
-    torch.manual_seed(0)
-    model = Classifier(build_backbone("lenet5", 3, 10, 32), [0.5] * 3, [0.25] * 3).eval()
+    model = lenet5()
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(0, 256, (args.images, 3, 32, 32), dtype=np.uint8)).float() / 255
     y = rng.integers(0, 10, args.images)

@@ -26,8 +26,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-FLOW_RUN_ENV = "IMPACTX_PREFECT_FLOW_RUN_ID"  # read by impactx.tracking.stage_run
+from impactx.tracking import FLOW_RUN_ENV  # the stages' MLflow runs take the flow-run id from it
+
 PROGRESS_EVERY = 30.0  # seconds between two logged progress-bar lines
+DVC = str(Path(sys.executable).parent / "dvc")  # this environment's, whatever PATH the worker has
 
 
 class BadInput(RuntimeError):
@@ -81,7 +83,7 @@ def dvc_stage(stage: str, root: str) -> str:
     log = get_run_logger()
     env = {**os.environ, FLOW_RUN_ENV: str(flow_run.id or "")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the stages' `python` is ours
-    cmd = [str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage]
+    cmd = [DVC, "repro", "--single-item", stage]
     log.info("$ %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     error, skipped, last_progress = None, False, 0.0
@@ -115,8 +117,7 @@ def pipeline(
         apply_overrides(repo, overrides)
     results = {stage: dvc_stage(stage, str(repo)) for stage in stages(repo)}
     name = experiment or f"prefect-{flow_run.name}"
-    dvc = str(Path(sys.executable).parent / "dvc")
-    subprocess.run([dvc, "exp", "save", "--force", "--name", name], cwd=repo, check=True, capture_output=True)
+    subprocess.run([DVC, "exp", "save", "--force", "--name", name], cwd=repo, check=True, capture_output=True)
     print(f"saved as DVC experiment {name}: {results}")
     return results
 

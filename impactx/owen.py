@@ -25,8 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-MASKERS = ("blur(k,k)", "inpaint_telea", "inpaint_ns")
-
 
 class PartitionTree:
     """shap's Image-masker partition tree of a C×H×W input, with leaf sets as CSR over CHW feature order."""
@@ -36,7 +34,7 @@ class PartitionTree:
 
         masker = shap.maskers.Image("blur(1,1)", shape=(h, w, c))
         clustering = masker.clustering
-        self.n_features = m = h * w * c
+        m = h * w * c
         self.left = np.concatenate([np.full(m, -1), clustering[:, 0].astype(np.int64)])
         self.right = np.concatenate([np.full(m, -1), clustering[:, 1].astype(np.int64)])
         self.size = np.concatenate([np.ones(m), clustering[:, 3]])
@@ -45,7 +43,7 @@ class PartitionTree:
 
         csr = make_masks(clustering).tocsr()  # rows: tree nodes; columns: features in HWC order
         hwc_to_chw = np.arange(m).reshape(c, h, w).transpose(1, 2, 0).ravel()
-        self.members = csr  # HWC columns, for mapping values back
+        self.members_t = csr.T.tocsr()  # features (HWC) × nodes, for pushing credit down
         self.indptr = csr.indptr.astype(np.int64)
         self.indices_chw = hwc_to_chw[csr.indices].astype(np.int64)
         self.hwc_to_chw = hwc_to_chw
@@ -60,7 +58,7 @@ class PartitionTree:
     def leaf_values(self, credit: np.ndarray) -> np.ndarray:
         """Push node credit down to the features (shap's lower_credit): a feature gets credit/size of
         every node above it. Returns values in CHW order."""
-        per_feature = self.members.T @ (credit / self.size)
+        per_feature = self.members_t @ (credit / self.size)
         out = np.empty_like(per_feature)
         out[self.hwc_to_chw] = per_feature
         return out
@@ -73,11 +71,10 @@ def _blur_backgrounds(images_hwc: np.ndarray, kernel: tuple[int, int]) -> np.nda
 
 
 def _parse_masker(masker: str):
-    if masker.startswith("blur(") and masker.endswith(")"):
+    """("blur", (k, k)) or ("inpaint_telea" | "inpaint_ns", None); the name is checked by shap_maps.check_masker."""
+    if masker.startswith("blur("):
         return "blur", tuple(int(k) for k in masker[5:-1].split(","))
-    if masker in ("inpaint_telea", "inpaint_ns"):
-        return masker, None
-    raise ValueError(f"unknown masker '{masker}': use one of {', '.join(MASKERS)}")
+    return masker, None
 
 
 class _Inpainter:
@@ -175,12 +172,13 @@ def owen_values(
     def forward(rows_slot: np.ndarray, rows_mask: np.ndarray) -> np.ndarray:
         result = np.empty(len(rows_slot))
         for lo in range(0, len(rows_slot), forward_batch):
-            s = torch.from_numpy(rows_slot[lo : lo + forward_batch]).to(device)
+            chunk = rows_slot[lo : lo + forward_batch]
+            s = torch.from_numpy(chunk).to(device)
             keep = store[torch.from_numpy(rows_mask[lo : lo + forward_batch]).to(device)]
             if inpaint is None:
                 x = torch.where(keep, x_slot[s], bg_slot[s])
             else:
-                x = inpaint(keep, images_u8, rows_slot[lo : lo + forward_batch], (c, h, w)).to(device)
+                x = inpaint(keep, images_u8, chunk, (c, h, w)).to(device)
             p = torch.softmax(model(x.view(-1, c, h, w)).float(), dim=1)
             result[lo : lo + len(s)] = p.gather(1, target_slot[s, None])[:, 0].double().cpu().numpy()
         return result
@@ -221,10 +219,10 @@ def owen_values(
             sorted_slot = queue["slot"][order]
             rank = np.arange(len(order)) - np.searchsorted(sorted_slot, sorted_slot, side="left")
             pops = (np.minimum(batch_size, budget - slot_evals) + 1) // 2
-            picked = np.zeros(len(order), bool)
-            picked[order[rank < pops[sorted_slot]]] = True
-            popped = _take(queue, order[rank < pops[sorted_slot]])  # sorted by slot, then in pop order
-            queue = _take(queue, ~picked)
+            picked = order[rank < pops[sorted_slot]]  # sorted by slot, then in pop order
+            waiting = np.ones(len(order), bool)
+            waiting[picked] = False
+            popped, queue = _take(queue, picked), _take(queue, waiting)
 
             # 4. their masks m10 = m00 + left box and m01 = m00 + right box, in shap's batch order
             p_slot, p_node = popped["slot"], popped["node"]

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from impactx.config import Params
 
 CHAMPION = "champion"
-FLOW_RUN_ENV = "IMPACTX_PREFECT_FLOW_RUN_ID"
+FLOW_RUN_ENV = "IMPACTX_PREFECT_FLOW_RUN_ID"  # set by flows/pipeline.py for the stages it runs
 
 
 def git_revision() -> str:
@@ -79,7 +79,7 @@ def stage_run(stage: str, params: Params, run_name: str | None = None, extra_tag
     tags = {"dataset": params.data.source, "backbone": params.model.backbone, "git_revision": git_revision()}
     parent = _parent_run_id(params, experiment_id, tags)
     tags.update({"dvc_stage": stage, "mlflow.parentRunId": parent, "impactx.pipeline_key": pipeline_key(params)})
-    if os.environ.get(FLOW_RUN_ENV):  # set by flows/pipeline.py for the stages it runs
+    if os.environ.get(FLOW_RUN_ENV):
         tags["prefect_flow_run_id"] = os.environ[FLOW_RUN_ENV]
     tags.update(extra_tags or {})
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, tags=tags) as run:

@@ -49,6 +49,7 @@ def main():
             runner=runner(p),
         )
         seconds = time.perf_counter() - t0
+        rate = len(maps) * p.max_evals / seconds
         meta = {
             "explainer": "impactx.shap_maps.partition_shap (values of shap.PartitionExplainer)",
             "shap_version": shap.__version__,
@@ -64,9 +65,8 @@ def main():
             "seconds_this_run": round(seconds, 2),
         }
         shap_maps.save_maps(maps, meta, OUT)
-        mlflow.log_metrics({"seconds": seconds, "images": len(maps), "evals_per_s": len(maps) * p.max_evals / seconds})
+        mlflow.log_metrics({"seconds": seconds, "images": len(maps), "evals_per_s": rate})
     shap_maps.discard_work(work)
-    rate = len(maps) * p.max_evals / seconds
     print(
         f"shap: {len(maps)} maps ({p.masker}, max_evals={p.max_evals}) in {seconds:.1f}s ({rate:,.0f} evals/s) -> {OUT}/maps.npy"
     )

@@ -14,10 +14,9 @@ from conftest import REPO, run, tiny_project
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 from prefect.testing.utilities import prefect_test_harness
+from test_shap_maps import tiny_model
 
-from impactx.backbones import build_backbone
 from impactx.fanout import dask_runner
-from impactx.model import Classifier
 from impactx.shap_maps import compute_maps
 
 CPU = torch.device("cpu")
@@ -71,11 +70,6 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path):
     error = bad.result(raise_on_failure=False)
     assert "error: params.yaml: finetune.epochs: Input should be a valid integer" in str(error)
     assert type(error).__name__ == "BadInput"  # not retried: the same input fails the same way
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    return Classifier(build_backbone("lenet5", 3, 4, 16), [0.5] * 3, [0.25] * 3).eval()
 
 
 class DiesOnce(torch.nn.Module):
