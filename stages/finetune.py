@@ -7,13 +7,14 @@ from impactx.cli import run_stage
 from impactx.config import load_params
 from impactx.io import save_json, save_torch
 from impactx.model import build_baseline
-from impactx.train import resolve_device, train_classifier
+from impactx.train import resolve_device, seed_everything, train_classifier
 
 
 def main():
     params = load_params()
     ds, info = data.load("data/prepared")
     device = resolve_device(params.device)
+    seed_everything(params.seed)  # before the model exists: its initial weights come from the seed
     model = build_baseline(params.model.backbone, info)
     with tracking.stage_run("finetune", params, extra_tags={"method": "baseline"}):
         tracking.log_params_section(params, "seed", "data", "model", "finetune")

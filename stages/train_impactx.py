@@ -10,7 +10,7 @@ from impactx.config import load_params
 from impactx.io import save_json, save_torch
 from impactx.model import build_baseline, build_impactx
 from impactx.shap_maps import scale_maps
-from impactx.train import resolve_device, train_impactx
+from impactx.train import resolve_device, seed_everything, train_impactx
 
 
 def main():
@@ -20,6 +20,7 @@ def main():
     baseline = build_baseline(params.model.backbone, info)
     baseline.load_state_dict(torch.load("models/baseline.pt", weights_only=True))
     maps = torch.from_numpy(scale_maps(np.load("shap/maps.npy")))
+    seed_everything(params.seed)  # LEP head, decoder and C are initialised from the seed
     model = build_impactx(baseline, info, params.impactx.latent_dim)
     with tracking.stage_run("train_impactx", params, extra_tags={"method": "impactx"}):
         tracking.log_params_section(params, "seed", "model", "impactx")
