@@ -1,5 +1,5 @@
 """The DVC pipeline as Prefect flows: `pipeline` runs the stages of dvc.yaml in order, one task each;
-`sweep` runs it once per (seed, λ).
+`sweep` runs it once per λ.
 
 DVC stays the cache of record: a task runs `dvc repro --single-item <stage>`, so an unchanged stage is
 skipped exactly as with `dvc repro`. Parameter overrides are applied to params.yaml with DVC's own
@@ -8,7 +8,7 @@ ordinary, reproducible DVC experiment (`dvc exp show`). Every MLflow run a stage
 flow-run id as the tag `prefect_flow_run_id`.
 
     python flows/pipeline.py                                  # run once, here
-    python flows/pipeline.py -S impactx.lambda=0.4 -S seed=1  # with overrides
+    python flows/pipeline.py -S impactx.lambda=0.4 -S 'seeds=[0,1]'  # with overrides
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
@@ -41,8 +40,12 @@ class StageFailed(RuntimeError):
 
 
 def stages(root: Path) -> list[str]:
-    """The stages of dvc.yaml, in file order, which is the DAG's order."""
-    return list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
+    """Every stage of dvc.yaml with foreach/matrix expanded (finetune@0, train@impactx-0, ...), in file
+    order, which is the DAG's order."""
+    out = subprocess.run([DVC, "stage", "list", "--name-only"], cwd=root, capture_output=True, text=True)
+    if out.returncode:
+        raise BadInput(f"dvc stage list failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+    return out.stdout.split()
 
 
 def override_args(overrides: dict[str, Any] | list[str]) -> list[str]:
@@ -125,19 +128,18 @@ def pipeline(
 @flow(name="impactx-sweep", log_prints=True)
 def sweep(
     lambdas: list[float] = [0.2, 0.6, 1.0, 1.4],  # noqa: B006 (Prefect parameters: shown and edited in the UI)
-    seeds: list[int] = [0],  # noqa: B006
+    seeds: list[int] = [0, 1, 2],  # noqa: B006
     overrides: dict[str, Any] | None = None,
     root: str = ".",
 ) -> dict:
-    """The pipeline once per (seed, λ), each a DVC experiment sweep-s<seed>-l<λ>. Stages that a setting
-    does not touch are skipped by DVC (a λ change re-runs train_impactx and evaluate only)."""
+    """The pipeline once per λ, over `seeds`, each a DVC experiment sweep-l<λ>. Stages that a setting does
+    not touch are skipped by DVC: stage 1 and SHAP run once per seed for the whole sweep."""
     out = {}
-    for seed in seeds:
-        for lam in lambdas:
-            name = f"sweep-s{seed}-l{lam}"
-            out[name] = pipeline(
-                overrides={**(overrides or {}), "seed": seed, "impactx.lambda": lam}, experiment=name, root=root
-            )
+    for lam in lambdas:
+        name = f"sweep-l{lam}"
+        out[name] = pipeline(
+            overrides={**(overrides or {}), "seeds": list(seeds), "impactx.lambda": lam}, experiment=name, root=root
+        )
     return out
 
 

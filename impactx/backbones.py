@@ -1,17 +1,28 @@
-"""Backbone registry. A backbone is M: image → K class scores, built as `body` (image → feature vector)
-followed by `head` (the last fully connected layer). The LEP is the same backbone with `head` replaced.
+"""Backbone registry. A backbone is M: image → K class scores, in three parts:
 
-Add a backbone with @register("name"); its builder takes (in_channels, num_classes, image_size)."""
+    stem   image → mid-level feature map (stride 2–4); where ABN's attention and WAE's encoding act
+    trunk  feature map → feature vector
+    head   the last fully connected layer, feature vector → K scores
+
+The LEP is the same backbone with `head` replaced. MobileNetV2 and EfficientNet-B2 are torchvision's
+models, cut at stride 4 (8×8 maps for 32×32 inputs, as ABN's CIFAR networks), with ImageNet weights by
+torchvision name, from a local state_dict file, or none (`model.pretrained: false`).
+
+Add a backbone with @register("name"); its builder takes (in_channels, num_classes, image_size, ModelParams)."""
 
 from __future__ import annotations
 
 import copy
+import urllib.error
 from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from impactx import ImpactXError
+from impactx.config import ModelParams
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {}
 
@@ -25,18 +36,20 @@ def register(name: str):
 
 
 class Backbone(nn.Module):
-    def __init__(self, body: nn.Module, head: nn.Linear):
+    def __init__(self, stem: nn.Module, trunk: nn.Module, head: nn.Linear):
         super().__init__()
-        self.body, self.head = body, head
+        self.stem, self.trunk, self.head = stem, trunk, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        return self.head(self.trunk(self.stem(x)))
 
 
-def build_backbone(name: str, in_channels: int, num_classes: int, image_size: int) -> Backbone:
+def build_backbone(
+    name: str, in_channels: int, num_classes: int, image_size: int, params: ModelParams | None = None
+) -> Backbone:
     if name not in BACKBONES:
         raise ImpactXError(f"unknown backbone '{name}': model.backbone must be one of {sorted(BACKBONES)}")
-    return BACKBONES[name](in_channels, num_classes, image_size)
+    return BACKBONES[name](in_channels, num_classes, image_size, params or ModelParams(backbone=name))
 
 
 def with_new_head(backbone: Backbone, head: nn.Module) -> Backbone:
@@ -46,16 +59,26 @@ def with_new_head(backbone: Backbone, head: nn.Module) -> Backbone:
     return twin
 
 
+def feature_shape(backbone: Backbone, in_channels: int, image_size: int) -> tuple[int, int, int]:
+    """C×H×W of the stem's feature map for one input size (a dry run, so no table of numbers to keep)."""
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        shape = backbone.stem(torch.zeros(1, in_channels, image_size, image_size)).shape[1:]
+    backbone.train(was_training)
+    return tuple(shape)
+
+
 @register("lenet5")
-def lenet5(in_channels: int, num_classes: int, image_size: int) -> Backbone:
-    """LeNet-5: conv(6,5×5)-pool-conv(16,5×5)-pool-FC120-FC84-FC(K), for C channels at any size ≥ 16."""
+def lenet5(in_channels: int, num_classes: int, image_size: int, params: ModelParams) -> Backbone:
+    """LeNet-5: conv(6,5×5)-pool | conv(16,5×5)-pool-FC120-FC84 | FC(K), for C channels at any size ≥ 16."""
+    if params.pretrained:
+        raise ImpactXError("lenet5 has no pretrained weights: set model.pretrained: false")
     if image_size < 16:
         raise ImpactXError(f"lenet5 needs images of at least 16×16, got {image_size}: set data.image_size")
     side = ((image_size - 4) // 2 - 4) // 2
-    body = nn.Sequential(
-        nn.Conv2d(in_channels, 6, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
+    stem = nn.Sequential(nn.Conv2d(in_channels, 6, 5), nn.ReLU(), nn.MaxPool2d(2))
+    trunk = nn.Sequential(
         nn.Conv2d(6, 16, 5),
         nn.ReLU(),
         nn.MaxPool2d(2),
@@ -65,4 +88,78 @@ def lenet5(in_channels: int, num_classes: int, image_size: int) -> Backbone:
         nn.Linear(120, 84),
         nn.ReLU(),
     )
-    return Backbone(body, nn.Linear(84, num_classes))
+    return Backbone(stem, trunk, nn.Linear(84, num_classes))
+
+
+# ---------------------------------------------------------------- torchvision backbones
+
+
+def imagenet_state_dict(arch: str, params: ModelParams) -> dict:
+    """ImageNet weights for torchvision model `arch`: from model.weights_path, else downloaded by name
+    (torchvision's cache first, so a file placed there works offline)."""
+    from torchvision.models import get_model_weights
+
+    if params.weights_path:
+        path = Path(params.weights_path)
+        if not path.is_file():
+            raise ImpactXError(f"model.weights_path {path} not found: point it at a {arch} state_dict file")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ImpactXError(f"model.weights_path {path} is not a torch state_dict ({e}): save one with torch.save(model.state_dict())") from None
+    enum = get_model_weights(arch)
+    try:
+        weights = enum[params.weights]
+    except KeyError:
+        names = [w.name for w in enum] + ["DEFAULT"]
+        raise ImpactXError(f"model.weights '{params.weights}' is not a {enum.__name__} name: use one of {names}") from None
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+        raise ImpactXError(
+            f"cannot download {enum.__name__}.{weights.name} from {weights.url} ({getattr(e, 'reason', e)}): "
+            f"put that file at {cached}, or set model.weights_path to a local copy, or set model.pretrained: false"
+        ) from None
+
+
+def _first_conv_to(features: nn.Sequential, in_channels: int) -> None:
+    """Give the first convolution `in_channels` inputs (grey images); pretrained filters are averaged over RGB."""
+    parent, conv = features[0], features[0][0]
+    if conv.in_channels == in_channels:
+        return
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight.mean(1, keepdim=True).expand_as(new.weight))
+    parent[0] = new
+
+
+def _torchvision_backbone(arch: str, split: int, in_channels, num_classes, image_size, params: ModelParams) -> Backbone:
+    import torchvision.models
+
+    if image_size < 32:
+        raise ImpactXError(f"{arch} needs images of at least 32×32, got {image_size}: set data.image_size: 32")
+    net = torchvision.models.get_model(arch, weights=None)
+    if params.pretrained:
+        try:
+            net.load_state_dict(imagenet_state_dict(arch, params))
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise ImpactXError(f"the weights do not fit torchvision's {arch} ({first}): use a state_dict with its keys") from None
+    _first_conv_to(net.features, in_channels)
+    dropout, fc = net.classifier[0], net.classifier[-1]
+    stem = net.features[:split]
+    trunk = nn.Sequential(net.features[split:], nn.AdaptiveAvgPool2d(1), nn.Flatten(), dropout)
+    return Backbone(stem, trunk, nn.Linear(fc.in_features, num_classes))
+
+
+@register("mobilenet_v2")
+def mobilenet_v2(in_channels: int, num_classes: int, image_size: int, params: ModelParams) -> Backbone:
+    """torchvision MobileNetV2; stem = features[:4] (stride 4, 24 channels)."""
+    return _torchvision_backbone("mobilenet_v2", 4, in_channels, num_classes, image_size, params)
+
+
+@register("efficientnet_b2")
+def efficientnet_b2(in_channels: int, num_classes: int, image_size: int, params: ModelParams) -> Backbone:
+    """torchvision EfficientNet-B2; stem = features[:3] (stride 4, 24 channels)."""
+    return _torchvision_backbone("efficientnet_b2", 3, in_channels, num_classes, image_size, params)

@@ -1,9 +1,11 @@
-"""Shared entry-point plumbing for the stages: bad input is one line on stderr and exit code 2.
+"""Shared entry-point plumbing for the stages: their arguments, and bad input as one line on stderr
+with exit code 2.
 
 Exit code 2 tells an orchestrator (flows/pipeline.py) not to retry: the same input fails the same way."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from impactx import ImpactXError
@@ -17,3 +19,12 @@ def run_stage(main) -> None:
     except ImpactXError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(BAD_INPUT)
+
+
+def stage_args(description: str, method: bool = False) -> argparse.Namespace:
+    """`<stage> [method] seed`, as dvc.yaml's matrix stages call them."""
+    ap = argparse.ArgumentParser(description=description)
+    if method:
+        ap.add_argument("method")
+    ap.add_argument("seed", type=int)
+    return ap.parse_args()

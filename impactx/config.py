@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from impactx import ImpactXError
 
@@ -35,7 +35,10 @@ class DataParams(_Section):
 
 
 class ModelParams(_Section):
-    backbone: str = "lenet5"
+    backbone: str = "lenet5"  # lenet5 | mobilenet_v2 | efficientnet_b2 (impactx/backbones.py)
+    pretrained: bool = False  # ImageNet weights for the torchvision backbones
+    weights: str = "DEFAULT"  # torchvision weight name, e.g. IMAGENET1K_V1
+    weights_path: str | None = None  # a local state_dict with torchvision's keys, instead of downloading
 
 
 class TrainParams(_Section):
@@ -62,6 +65,9 @@ class ImpactxParams(TrainParams):
     latent_dim: int = Field(512, gt=0)
 
 
+STAGE2_METHODS = ("impactx", "impactx_lambda0", "abn", "wae")  # compared with the baseline A (stage 1)
+
+
 class EvaluateParams(_Section):
     morf_images: int = Field(100, gt=0)
     patch_size: int = Field(4, gt=0)
@@ -71,7 +77,9 @@ class EvaluateParams(_Section):
 
 
 class Params(_Section):
-    seed: int = 0
+    seed: int = 0  # data split, MoRF subset and noise: the same for every method and seed
+    seeds: list[int] = Field([0], min_length=1)  # one replicate each: stage 1, SHAP, every method
+    methods: list[Literal[STAGE2_METHODS]] = list(STAGE2_METHODS)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     mlflow: MlflowParams = MlflowParams()
     data: DataParams = DataParams()
@@ -79,7 +87,16 @@ class Params(_Section):
     finetune: TrainParams = TrainParams()
     shap: ShapParams = ShapParams()
     impactx: ImpactxParams = ImpactxParams()
+    abn: TrainParams = TrainParams()
+    wae: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+
+    @field_validator("seeds", "methods")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("has a repeated entry: list each once")
+        return v
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -1,10 +1,8 @@
-"""The evaluate stage's computation: test accuracy of A and IMPACTX, and MoRF/AOPC of three maps for
-the IMPACTX model on a seeded test subset: its own maps D(LEP(x)), SHAP maps of the same model for its
-predicted class, and random maps as a floor."""
+"""The evaluate stage's computation for one (method, seed): test and validation accuracy, and MoRF/AOPC
+of the method's own explanation map against random maps, on the same seeded test subset and the same
+noise for every method and seed. The baseline's map is SHAP of A for its predicted class, post hoc."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,74 +10,57 @@ import torch
 from impactx import morf
 from impactx.config import Params
 from impactx.data import Dataset, to_float
+from impactx.methods import MAP_KIND
 from impactx.shap_maps import partition_shap
-from impactx.train import accuracy, inference_batch_size
+from impactx.train import accuracy, inference_batch_size, predict_logits
 
 
-@dataclass
-class Evaluation:
-    accuracy: dict[str, float]  # method → test accuracy
-    aopc: dict[str, float]  # map kind → AOPC
-    fractions: np.ndarray  # steps+1 fractions of patches replaced
-    curves: dict[str, np.ndarray]  # map kind → N×(steps+1)
-    images: torch.Tensor  # the MoRF subset, float in [0, 1]
-    labels: np.ndarray
-    predictions: np.ndarray
-    maps: dict[str, torch.Tensor]
-
-    def metrics(self) -> dict:
-        return {
-            "baseline": {"test_accuracy": self.accuracy["baseline"]},
-            "impactx": {
-                "test_accuracy": self.accuracy["impactx"],
-                **{f"aopc_{k}_map": v for k, v in self.aopc.items()},
-            },
-            "morf_images": len(self.labels),
-        }
-
-    def plot_rows(self) -> list[dict]:
-        """Mean MoRF curve per map kind, one row per step (the DVC plots format)."""
-        return [
-            {"fraction": round(float(f), 4), **{k: float(c[:, i].mean()) for k, c in self.curves.items()}}
-            for i, f in enumerate(self.fractions)
-        ]
+def morf_subset(ds: Dataset, params: Params) -> tuple[np.ndarray, torch.Tensor]:
+    """Indices into the test split and their float images: the same for every method and seed."""
+    n = min(params.evaluate.morf_images, len(ds.test.y))
+    idx = np.sort(np.random.default_rng(params.seed).permutation(len(ds.test.y))[:n])
+    return idx, to_float(ds.test.x[idx])
 
 
 @torch.no_grad()
 def explain_batched(model, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """IMPACTX predictions and maps in one forward pass per batch."""
+    """Predictions and maps of a model with explain(): one forward pass per batch, no explainer."""
     model.to(device).eval()
     bs = inference_batch_size(device)
     parts = [model.explain(x[i : i + bs].to(device)) for i in range(0, len(x), bs)]
     return torch.cat([lg.argmax(1).cpu() for lg, _ in parts]), torch.cat([m.float().cpu() for _, m in parts])
 
 
-def evaluate(baseline, model, ds: Dataset, params: Params, device: torch.device) -> Evaluation:
-    p = params.evaluate
-    acc = {"baseline": accuracy(baseline, ds.test, device), "impactx": accuracy(model, ds.test, device)}
-    idx = np.sort(np.random.default_rng(params.seed).permutation(len(ds.test.y))[: p.morf_images])
-    x = to_float(ds.test.x[idx])
-    pred, impactx_maps = explain_batched(model, x, device)
-    shap = partition_shap(
-        model, x, pred.numpy(), max_evals=p.shap_max_evals, batch_size=params.shap.batch_size,
-        masker=params.shap.masker, seed=params.seed, pool=params.shap.pool_size, device=device,
+def explanation_maps(model, method: str, x: torch.Tensor, seed: int, params: Params, device) -> torch.Tensor:
+    if method != "baseline":
+        return explain_batched(model, x, device)[1]
+    pred = predict_logits(model, x, device).argmax(1).numpy()
+    maps = partition_shap(
+        model, x, pred, max_evals=params.evaluate.shap_max_evals, batch_size=params.shap.batch_size,
+        masker=params.shap.masker, seed=seed, pool=params.shap.pool_size, device=device,
     )  # fmt: skip
-    maps = {
-        "impactx": impactx_maps,
-        "shap": torch.from_numpy(shap),
-        "random": torch.rand(x.shape, generator=torch.Generator().manual_seed(params.seed)),
+    return torch.from_numpy(maps)
+
+
+def evaluate_run(model, method: str, seed: int, ds: Dataset, params: Params, device) -> tuple[dict, np.ndarray]:
+    """The result record of one (method, seed) and the maps of the first figure_images MoRF images."""
+    p = params.evaluate
+    _, x = morf_subset(ds, params)
+    maps = explanation_maps(model, method, x, seed, params, device)
+    random_maps = torch.rand(x.shape, generator=torch.Generator().manual_seed(params.seed))
+    kw = dict(patch_size=p.patch_size, steps=p.steps, device=device, seed=params.seed)
+    curve, random_curve = morf.morf_curves(model, x, maps, **kw), morf.morf_curves(model, x, random_maps, **kw)
+    record = {
+        "method": method,
+        "seed": seed,
+        "map": MAP_KIND[method],
+        "test_accuracy": accuracy(model, ds.test, device),
+        "val_accuracy": accuracy(model, ds.val, device),
+        "aopc": morf.aopc(curve),
+        "aopc_random": morf.aopc(random_curve),
+        "morf_images": len(x),
+        "morf_fractions": np.linspace(0, 1, p.steps + 1).round(4).tolist(),
+        "morf_curve": curve.mean(0).tolist(),
+        "random_curve": random_curve.mean(0).tolist(),
     }
-    curves = {
-        k: morf.morf_curves(model, x, m, patch_size=p.patch_size, steps=p.steps, device=device, seed=params.seed)
-        for k, m in maps.items()
-    }
-    return Evaluation(
-        accuracy=acc,
-        aopc={k: morf.aopc(c) for k, c in curves.items()},
-        fractions=np.linspace(0, 1, p.steps + 1),
-        curves=curves,
-        images=x,
-        labels=ds.test.y[idx],
-        predictions=pred.numpy(),
-        maps=maps,
-    )
+    return record, maps[: p.figure_images].numpy().astype(np.float16)

@@ -1,4 +1,4 @@
-"""Figures in the style of the paper's Figs. 3–5: image, SHAP map, IMPACTX map, and MoRF curves."""
+"""Figures in the style of the paper's Figs. 3–5: images with each method's map, and MoRF curves."""
 
 from __future__ import annotations
 
@@ -23,17 +23,15 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def explanation_grid(
-    images: np.ndarray, shap_maps: np.ndarray, impactx_maps: np.ndarray, titles: list[str], path: Path
-) -> None:
-    """One row per image: the image, its SHAP map, the IMPACTX map (red = for the class, blue = against)."""
-    n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(7, 2.3 * n), squeeze=False)
+def explanation_grid(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[str], path: Path) -> None:
+    """One row per image: the image, then each method's map (red = for the class, blue = against)."""
+    n, cols = len(images), 1 + len(maps)
+    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.3 * n), squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(images[i].transpose(1, 2, 0).squeeze())
         axes[i, 0].set_title(titles[i], fontsize=8)
-        for j, (m, name) in enumerate(((shap_maps[i], "SHAP"), (impactx_maps[i], "IMPACTX D(LEP(x))")), start=1):
-            h, v = _heat(m)
+        for j, (name, m) in enumerate(maps.items(), start=1):
+            h, v = _heat(m[i])
             axes[i, j].imshow(h, cmap="bwr", vmin=-v, vmax=v)
             axes[i, j].set_title(name, fontsize=8)
         for ax in axes[i]:
@@ -42,12 +40,13 @@ def explanation_grid(
 
 
 def morf_plot(fractions: np.ndarray, curves: dict[str, np.ndarray], aopcs: dict[str, float], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    """Mean MoRF curve per map, AOPC in the legend."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, c in curves.items():
-        ax.plot(fractions, c.mean(0), marker="o", ms=3, label=f"{name} (AOPC {aopcs[name]:.3f})")
+        ax.plot(fractions, c, marker="o", ms=3, label=f"{name} (AOPC {aopcs[name]:.3f})")
     ax.set_xlabel("fraction of patches replaced by noise (most relevant first)")
     ax.set_ylabel("probability of predicted class")
     ax.set_title("MoRF")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     _save(fig, path)

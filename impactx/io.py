@@ -40,3 +40,11 @@ def save_json(path: Path, obj) -> None:
 
 def save_torch(path: Path, obj) -> None:
     atomic_write(path, lambda t: torch.save(obj, t))
+
+
+def save_npz(path: Path, **arrays) -> None:
+    def write(tmp: Path):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)

@@ -5,11 +5,14 @@ pyfunc all work in the same plain pixel space."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from impactx.backbones import Backbone, with_new_head
+from impactx.backbones import Backbone, build_backbone, with_new_head
+from impactx.config import ModelParams
 
 
 class Normalize(nn.Module):
@@ -105,12 +108,16 @@ def impactx_loss(logits, y, map_pred, map_target, lam: float):
     return ce + lam * mse, ce, mse
 
 
-def build_baseline(backbone: str, info: dict) -> Classifier:
-    """A from the prepared dataset's description (channels, size, classes, train mean/std)."""
-    from impactx.backbones import build_backbone
-
+def build_baseline(model: ModelParams, info: dict, checkpoint: str | Path | None = None) -> Classifier:
+    """A from the prepared dataset's description (channels, size, classes, train mean/std). With a
+    checkpoint its weights are loaded from there (and no pretrained weights are fetched first)."""
     c, h, _ = info["image_shape"]
-    return Classifier(build_backbone(backbone, c, len(info["classes"]), h), info["mean"], info["std"])
+    if checkpoint is not None:
+        model = model.model_copy(update={"pretrained": False})
+    net = Classifier(build_backbone(model.backbone, c, len(info["classes"]), h, model), info["mean"], info["std"])
+    if checkpoint is not None:
+        net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return net
 
 
 def build_impactx(baseline: Classifier, info: dict, latent_dim: int) -> ImpactX:

@@ -1,9 +1,9 @@
 """MLflow: one parent run per pipeline configuration, one child run per DVC stage, models in the registry.
 
 Runs of one `dvc repro` share a parent run keyed by the hash of params.yaml (minus the mlflow section),
-so the UI shows a configuration's stages together, and evaluate's `baseline` and `impactx` runs side by
-side with the same metric names (test_accuracy, aopc_*). Every run carries the DVC stage name and the git
-revision as tags."""
+so the UI shows a configuration's stages together, and the evaluate runs of every method and seed side
+by side with the same metric names (test_accuracy, val_accuracy, aopc, aopc_random). Every run carries
+the DVC stage, git revision, dataset and backbone as tags, and method and seed where it has them."""
 
 from __future__ import annotations
 
@@ -73,15 +73,19 @@ def _parent_run_id(params: Params, experiment_id: str, tags: dict) -> str:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, run_name: str | None = None, extra_tags: dict | None = None):
-    """A child run of this configuration's parent run, tagged with the DVC stage and git revision."""
+def stage_run(stage: str, params: Params, method: str | None = None, seed: int | None = None, run_name: str | None = None):
+    """A child run of this configuration's parent run, tagged with the DVC stage, git revision, dataset,
+    backbone and, where the stage has them, method and seed (the UI's compare view groups by these)."""
     experiment_id = setup(params)
     tags = {"dataset": params.data.source, "backbone": params.model.backbone, "git_revision": git_revision()}
     parent = _parent_run_id(params, experiment_id, tags)
     tags.update({"dvc_stage": stage, "mlflow.parentRunId": parent, "impactx.pipeline_key": pipeline_key(params)})
     if os.environ.get(FLOW_RUN_ENV):
         tags["prefect_flow_run_id"] = os.environ[FLOW_RUN_ENV]
-    tags.update(extra_tags or {})
+    if method is not None:
+        tags["method"] = method
+    if seed is not None:
+        tags["seed"] = str(seed)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, tags=tags) as run:
         yield run
 
@@ -121,10 +125,11 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, registered_name: st
 
 
 def promote_if_better(name: str, version: str, new_score: float, score_model, split_id: str) -> bool:
-    """Give `version` the champion alias if it beats the current champion, both scored by `score_model`
-    on the same held-out split (the champion is re-scored now, whatever split it was first scored on)."""
+    """Give `version` the champion alias if its validation accuracy beats the current champion's, both
+    scored by `score_model` on the same validation split (the champion is re-scored now). Models are
+    picked by validation, never by test: the test split stays an unbiased report."""
     client = MlflowClient()
-    client.set_model_version_tag(name, version, "test_accuracy", f"{new_score:.6f}")
+    client.set_model_version_tag(name, version, "val_accuracy", f"{new_score:.6f}")
     client.set_model_version_tag(name, version, "split_id", split_id)
     try:
         champ = client.get_model_version_by_alias(name, CHAMPION)
@@ -139,9 +144,9 @@ def promote_if_better(name: str, version: str, new_score: float, score_model, sp
         if new_score <= champ_score:
             print(
                 f"registry: {name} v{version} ({new_score:.4f}) does not beat @{CHAMPION} "
-                f"v{champ.version} ({champ_score:.4f}) on this split"
+                f"v{champ.version} ({champ_score:.4f}) on this validation split"
             )
             return False
     client.set_registered_model_alias(name, CHAMPION, version)
-    print(f"registry: {name} v{version} is now @{CHAMPION} (test accuracy {new_score:.4f})")
+    print(f"registry: {name} v{version} is now @{CHAMPION} (validation accuracy {new_score:.4f})")
     return True

@@ -1,62 +1,48 @@
-"""DVC stage evaluate: test accuracy of A and IMPACTX, MoRF curves and AOPC, figures, registry."""
+"""DVC stage evaluate@<method>-<seed>: accuracy, MoRF/AOPC of the method's own maps, MLflow model and
+registry (champion by validation accuracy). Method "baseline" is stage 1's A, with post-hoc SHAP maps."""
 
 import hashlib
 
 import mlflow
-import torch
 
-from impactx import data, figures, tracking
-from impactx.cli import run_stage
+from impactx import data, layout, methods, tracking
+from impactx.cli import run_stage, stage_args
 from impactx.config import load_params
-from impactx.evaluation import evaluate
-from impactx.io import save_json
-from impactx.model import build_baseline, build_impactx
+from impactx.data import to_float
+from impactx.evaluation import evaluate_run
+from impactx.io import save_json, save_npz
+from impactx.model import build_baseline
 from impactx.train import accuracy, resolve_device
 
 
 def main():
+    args = stage_args(__doc__, method=True)
+    method, seed = args.method, args.seed
     params = load_params()
-    ds, info = data.load("data/prepared")
+    ds, info = data.load(layout.PREPARED)
     device = resolve_device(params.device)
-    baseline = build_baseline(params.model.backbone, info)
-    baseline.load_state_dict(torch.load("models/baseline.pt", weights_only=True))
-    model = build_impactx(build_baseline(params.model.backbone, info), info, params.impactx.latent_dim)
-    model.load_state_dict(torch.load("models/impactx.pt", weights_only=True))
+    if method == "baseline":
+        model = build_baseline(params.model, info, checkpoint=layout.model("baseline", seed))
+    else:
+        model = methods.load(method, params, info, layout.model(method, seed))
 
-    ev = evaluate(baseline, model, ds, params, device)
-    metrics = ev.metrics()
-    save_json("metrics/metrics.json", metrics)
-    save_json("plots/morf.json", ev.plot_rows())
-    n, names = min(params.evaluate.figure_images, len(ev.labels)), info["classes"]
-    titles = [f"true {names[ev.labels[i]]}, pred {names[ev.predictions[i]]}" for i in range(n)]
-    figures.explanation_grid(
-        ev.images[:n].numpy(), ev.maps["shap"][:n].numpy(), ev.maps["impactx"][:n].numpy(), titles,
-        "figures/explanations.png",
-    )  # fmt: skip
-    figures.morf_plot(ev.fractions, ev.curves, ev.aopc, "figures/morf.png")
+    record, figure_maps = evaluate_run(model, method, seed, ds, params, device)
+    save_json(layout.result(method, seed), record)
+    save_npz(layout.result_maps(method, seed), maps=figure_maps)
 
-    split_id = hashlib.sha256(ds.test.x.tobytes() + ds.test.y.tobytes()).hexdigest()[:16]
-    for method, net in (("baseline", baseline), ("impactx", model)):
-        name = f"{params.data.source}-{params.model.backbone}-{method}" if params.mlflow.register_models else None
-        with tracking.stage_run("evaluate", params, run_name=method, extra_tags={"method": method}):
-            tracking.log_params_section(params, "seed", "model", "evaluate")
-            mlflow.log_metrics(metrics[method])
-            mlflow.log_artifact("figures/morf.png")
-            mlflow.log_artifact("figures/explanations.png")
-            logged = tracking.log_model(net, ev.images[:2], name)
-            if name:
-                score = lambda m: accuracy(m, ds.test, device)
-                tracking.promote_if_better(
-                    name, str(logged.registered_model_version), ev.accuracy[method], score, split_id
-                )
-
-    aopc = ", ".join(f"AOPC {k} {v:.4f}" for k, v in ev.aopc.items())
+    name = f"{params.data.source}-{params.model.backbone}-{method}" if params.mlflow.register_models else None
+    split_id = hashlib.sha256(ds.val.x.tobytes() + ds.val.y.tobytes()).hexdigest()[:16]
+    with tracking.stage_run(f"evaluate@{method}-{seed}", params, method=method, seed=seed, run_name=f"{method}-seed{seed}"):
+        tracking.log_params_section(params, "model", "evaluate")
+        mlflow.log_metrics({k: record[k] for k in ("test_accuracy", "val_accuracy", "aopc", "aopc_random")})
+        logged = tracking.log_model(model, to_float(ds.test.x[:2]), name)
+        if name:
+            score = lambda m: accuracy(m, ds.val, device)
+            tracking.promote_if_better(name, str(logged.registered_model_version), record["val_accuracy"], score, split_id)
     print(
-        f"evaluate: test accuracy baseline {ev.accuracy['baseline']:.4f}, impactx {ev.accuracy['impactx']:.4f}; {aopc}"
+        f"evaluate {method} seed {seed}: test accuracy {record['test_accuracy']:.4f}, val {record['val_accuracy']:.4f}, "
+        f"AOPC {record['aopc']:.4f} ({record['map']}), random {record['aopc_random']:.4f}"
     )
-    print("  metrics: metrics/metrics.json (dvc metrics show)   MoRF: plots/morf.json (dvc plots show)")
-    print("  figures: figures/explanations.png figures/morf.png")
-    print(f"  MLflow UI: mlflow ui --backend-store-uri {params.mlflow.tracking_uri}  (http://127.0.0.1:5000)")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,16 @@
-"""DVC stage shap: SHAP maps of A for the true class of every training image (resumable shards)."""
+"""DVC stage shap@<seed>: SHAP maps of A (stage 1 of that seed) for the true class of every training
+image, in resumable shards. Every method of that seed trains on these maps."""
 
 import time
 
 import mlflow
-import torch
 
 import shap
-from impactx import data, shap_maps, tracking
-from impactx.cli import run_stage
+from impactx import data, layout, shap_maps, tracking
+from impactx.cli import run_stage, stage_args
 from impactx.config import load_params
 from impactx.model import build_baseline
 from impactx.train import resolve_device
-
-OUT = "shap"
-
 
 def runner(p):
     if p.executor == "dask":
@@ -24,15 +21,16 @@ def runner(p):
 
 
 def main():
+    seed = stage_args(__doc__).seed
     params = load_params()
     p = params.shap
     shap_maps.check_masker(p.masker)
-    ds, info = data.load("data/prepared")
+    ds, info = data.load(layout.PREPARED)
     device = resolve_device(params.device)
-    model = build_baseline(params.model.backbone, info)
-    model.load_state_dict(torch.load("models/baseline.pt", weights_only=True))
-    with tracking.stage_run("shap", params):
-        tracking.log_params_section(params, "seed", "shap")
+    model = build_baseline(params.model, info, checkpoint=layout.model("baseline", seed))
+    out = layout.shap_dir(seed)
+    with tracking.stage_run(f"shap@{seed}", params, seed=seed):
+        tracking.log_params_section(params, "shap")
         t0 = time.perf_counter()
         maps, work = shap_maps.compute_maps(
             model,
@@ -42,7 +40,7 @@ def main():
             batch_size=p.batch_size,
             masker=p.masker,
             shard_size=p.shard_size,
-            seed=params.seed,
+            seed=seed,
             device=device,
             work_root=".shap_work",
             pool=p.pool_size,
@@ -57,18 +55,18 @@ def main():
             "masker": p.masker,
             "max_evals": p.max_evals,
             "batch_size": p.batch_size,
-            "seed": params.seed,
+            "seed": seed,
             "output": "softmax probability of the true class",
             "shape": list(maps.shape),
             "dtype": "float32",
             "values": "raw SHAP values; scaled per image by max |value| before training (impactx.shap_maps.scale_maps)",
             "seconds_this_run": round(seconds, 2),
         }
-        shap_maps.save_maps(maps, meta, OUT)
+        shap_maps.save_maps(maps, meta, out)
         mlflow.log_metrics({"seconds": seconds, "images": len(maps), "evals_per_s": rate})
     shap_maps.discard_work(work)
     print(
-        f"shap: {len(maps)} maps ({p.masker}, max_evals={p.max_evals}) in {seconds:.1f}s ({rate:,.0f} evals/s) -> {OUT}/maps.npy"
+        f"shap: {len(maps)} maps ({p.masker}, max_evals={p.max_evals}) in {seconds:.1f}s ({rate:,.0f} evals/s) -> {out}/maps.npy"
     )
 
 

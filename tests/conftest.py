@@ -17,10 +17,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 TRACKED = ["dvc.yaml", "params.yaml", "stages", "impactx", "flows", ".dvc/config", ".dvcignore", ".gitignore"]
 TINY = {
+    "seeds": [0, 1],
     "data": {"train_limit": 96, "test_limit": 48},
     "finetune": {"epochs": 2, "batch_size": 32},
     "shap": {"max_evals": 64, "batch_size": 64, "shard_size": 32},
     "impactx": {"epochs": 2, "batch_size": 32, "latent_dim": 64},
+    "abn": {"epochs": 2, "batch_size": 32},
+    "wae": {"epochs": 2, "batch_size": 32},
     "evaluate": {"morf_images": 8, "steps": 4, "shap_max_evals": 64, "figure_images": 2},
 }
 
@@ -41,8 +44,9 @@ def run(cmd, cwd, check=True):
     return p
 
 
-def tiny_project(root: Path) -> Path:
-    """A git + DVC copy of the repo at `root` with params small enough for a whole DAG in about a minute."""
+def tiny_project(root: Path, **overrides) -> Path:
+    """A git + DVC copy of the repo at `root` with params small enough for a whole DAG in about a minute;
+    `overrides` ({"model": {"backbone": ...}, "seeds": [0]}) are applied after TINY."""
     for name in TRACKED:
         src, dst = REPO / name, root / name
         if src.is_dir():
@@ -51,8 +55,11 @@ def tiny_project(root: Path) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
+    for key, value in [*TINY.items(), *overrides.items()]:
+        if isinstance(value, dict):
+            params[key].update(value)
+        else:
+            params[key] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)

@@ -49,7 +49,7 @@ def test_overrides_are_written_as_dvc_exp_run_would(tmp_path):
 
 @pytest.mark.e2e
 def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path):
-    root = tiny_project(tmp_path)
+    root = tiny_project(tmp_path, seeds=[0], methods=["impactx"])
     pipeline = load("flows/pipeline.py:pipeline")
 
     state = pipeline(overrides={"impactx.lambda": 0.4}, experiment="tiny", root=str(root), return_state=True)
@@ -60,7 +60,9 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id])
     tagged = [r for r in runs if r.data.tags.get("prefect_flow_run_id") == str(state.state_details.flow_run_id)]
-    assert {r.data.tags["dvc_stage"] for r in tagged} == {"fetch_data", "finetune", "shap", "train_impactx", "evaluate"}
+    stages = ["fetch_data", "finetune@0", "shap@0", "train@impactx-0", "evaluate@impactx-0", "evaluate_baseline@0", "compare"]
+    assert list(state.result()) == stages  # dvc.yaml's order, foreach/matrix expanded
+    assert {r.data.tags["dvc_stage"] for r in tagged} == set(stages)
 
     again = pipeline(root=str(root), experiment="tiny-again")  # DVC's cache decides: nothing runs
     assert set(again.values()) == {"skipped"}

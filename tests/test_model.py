@@ -33,7 +33,7 @@ def test_decoder_plan_matches_paper_layout():
 def test_stage2_trains_lep_d_c_and_keeps_m_frozen():
     base, model = make()
     m_before = {k: v.clone() for k, v in model.m.state_dict().items()}
-    lep_before = model.lep.body[0].weight.clone()
+    lep_before = model.lep.stem[0].weight.clone()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
     model.train()
@@ -42,8 +42,8 @@ def test_stage2_trains_lep_d_c_and_keeps_m_frozen():
     loss.backward()
     opt.step()
     assert all(torch.equal(v, model.m.state_dict()[k]) for k, v in m_before.items())
-    assert not torch.equal(lep_before, model.lep.body[0].weight)
-    assert model.lep.body[0].weight is not model.m.body[0].weight
+    assert not torch.equal(lep_before, model.lep.stem[0].weight)
+    assert model.lep.stem[0].weight is not model.m.stem[0].weight
 
 
 def test_loss_is_ce_plus_lambda_mse():

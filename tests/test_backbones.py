@@ -1,0 +1,76 @@
+"""Backbones: torchvision models split into stem/trunk/head, and their weights by name, from a file, or
+none, with a one-line error when a download is impossible."""
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from impactx import ImpactXError
+from impactx.backbones import build_backbone, feature_shape
+from impactx.config import ModelParams
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    def fail(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fail)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+@pytest.mark.parametrize("name,channels", [("lenet5", 6), ("mobilenet_v2", 24), ("efficientnet_b2", 24)])
+@pytest.mark.parametrize("size", [32, 96])
+def test_backbone_parts_and_shapes(name, channels, size):
+    net = build_backbone(name, 3, 7, size).eval()
+    x = torch.rand(2, 3, size, size)
+    assert net(x).shape == (2, 7)
+    c, h, w = feature_shape(net, 3, size)
+    assert c == channels and h == w and h in (size // 2 - 2, size // 4)  # stride 2 (LeNet) or 4
+    assert isinstance(net.head, torch.nn.Linear) and net.head.out_features == 7
+
+
+def test_grey_images_get_a_one_channel_first_conv():
+    net = build_backbone("mobilenet_v2", 1, 10, 32)
+    assert net(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_weights_from_a_local_state_dict_file(tmp_path, no_network):
+    reference = torchvision.models.mobilenet_v2()  # torchvision's keys, ImageNet's 1000-class head
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(reference.state_dict(), path)
+    net = build_backbone("mobilenet_v2", 3, 10, 32, ModelParams(backbone="mobilenet_v2", pretrained=True, weights_path=str(path)))
+    assert torch.equal(net.stem[0][0].weight, reference.features[0][0].weight)
+    assert torch.equal(net.trunk[0][-1][0].weight, reference.features[-1][0].weight)
+    assert net.head.out_features == 10
+
+
+def test_offline_without_weights_is_one_line_naming_the_file(no_network):
+    with pytest.raises(ImpactXError) as e:
+        build_backbone("efficientnet_b2", 3, 10, 32, ModelParams(backbone="efficientnet_b2", pretrained=True))
+    msg = str(e.value)
+    assert "\n" not in msg and "efficientnet_b2_rwightman-c35c1473.pth" in msg
+    assert "model.weights_path" in msg and "model.pretrained: false" in msg
+
+
+@pytest.mark.parametrize(
+    "params,expected",
+    [
+        (ModelParams(backbone="lenet5", pretrained=True), "lenet5 has no pretrained weights"),
+        (ModelParams(backbone="mobilenet_v2", pretrained=True, weights="IMAGENET9K"), "not a MobileNet_V2_Weights name"),
+        (ModelParams(backbone="mobilenet_v2", pretrained=True, weights_path="nope.pth"), "model.weights_path nope.pth not found"),
+        (ModelParams(backbone="resnet"), "unknown backbone 'resnet'"),
+    ],
+)
+def test_bad_model_params_are_one_line(params, expected, no_network):
+    with pytest.raises(ImpactXError, match=expected):
+        build_backbone(params.backbone, 3, 10, 32, params)
+
+
+def test_weights_that_do_not_fit_are_one_line(tmp_path, no_network):
+    path = tmp_path / "wrong.pth"
+    torch.save({"features.0.0.weight": torch.zeros(1)}, path)
+    with pytest.raises(ImpactXError, match="do not fit torchvision's mobilenet_v2"):
+        build_backbone("mobilenet_v2", 3, 10, 32, ModelParams(backbone="mobilenet_v2", pretrained=True, weights_path=str(path)))

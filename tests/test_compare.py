@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+
+from impactx import compare
+
+
+def record(method, seed, acc, aopc=0.3):
+    return {
+        "method": method, "seed": seed, "map": "m", "test_accuracy": acc, "val_accuracy": acc - 0.01,
+        "aopc": aopc, "aopc_random": 0.1, "morf_fractions": [0.0, 0.5, 1.0],
+        "morf_curve": [0.9, 0.5, 0.2], "random_curve": [0.9, 0.8, 0.7],
+    }  # fmt: skip
+
+
+def test_summary_is_mean_and_sample_std_per_method_in_table_order():
+    records = [record("wae", 0, 0.5), record("baseline", 1, 0.7), record("baseline", 0, 0.6), record("wae", 1, 0.6)]
+    s = compare.summarize(records)
+    assert list(s) == ["baseline", "wae"] and s["baseline"]["seeds"] == [0, 1]
+    assert s["baseline"]["test_accuracy"]["mean"] == pytest.approx(0.65)
+    assert s["baseline"]["test_accuracy"]["std"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
+    md = compare.markdown(s, "toy")
+    assert "| Baseline A | 0.6500 ± 0.0707 | 0.6400 ± 0.0707 | 0.3000 ± 0.0000 | 0.1000 ± 0.0000 | m |" in md
+
+
+def test_single_seed_has_no_std():
+    s = compare.summarize([record("impactx", 0, 0.5)])
+    assert s["impactx"]["test_accuracy"]["std"] is None
+    assert "| IMPACTX | 0.5000 | 0.4900 |" in compare.markdown(s, "toy")
+
+
+def test_morf_rows_average_each_method_and_random_over_runs():
+    rows = compare.morf_rows([record("impactx", 0, 0.5), record("abn", 0, 0.5)])
+    assert [r["fraction"] for r in rows] == [0.0, 0.5, 1.0]
+    assert rows[1] == {"fraction": 0.5, "impactx": 0.5, "abn": 0.5, "random": 0.8}
