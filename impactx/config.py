@@ -91,6 +91,13 @@ class Params(_Section):
     wae: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
 
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _no_baseline(cls, v):
+        if isinstance(v, list) and "baseline" in v:
+            raise ValueError("the baseline always runs (stage 1): list only the methods compared with it")
+        return v
+
     @field_validator("seeds", "methods")
     @classmethod
     def _unique(cls, v: list) -> list:

@@ -13,9 +13,15 @@ import numpy as np
 from impactx.io import atomic_write
 
 
-def _heat(m: np.ndarray) -> tuple[np.ndarray, float]:
-    h = m.sum(0)
-    return h, float(np.abs(h).max()) or 1.0
+def _show_map(ax, m: np.ndarray) -> None:
+    """Signed maps (SHAP, D(LEP(x))): red for the class, blue against, centred on 0. Maps with no sign
+    (ABN's attention): their own range, so the structure shows whatever the offset."""
+    h = m.astype(np.float32).sum(0)
+    if h.min() < 0:
+        v = float(np.abs(h).max()) or 1.0
+        ax.imshow(h, cmap="bwr", vmin=-v, vmax=v)
+    else:
+        ax.imshow(h, cmap="magma", vmin=float(h.min()), vmax=float(h.max()) or 1.0)
 
 
 def _save(fig, path: Path) -> None:
@@ -24,15 +30,14 @@ def _save(fig, path: Path) -> None:
 
 
 def explanation_grid(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[str], path: Path) -> None:
-    """One row per image: the image, then each method's map (red = for the class, blue = against)."""
+    """One row per image: the image, then each method's map."""
     n, cols = len(images), 1 + len(maps)
     fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.3 * n), squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(images[i].transpose(1, 2, 0).squeeze())
         axes[i, 0].set_title(titles[i], fontsize=8)
         for j, (name, m) in enumerate(maps.items(), start=1):
-            h, v = _heat(m[i])
-            axes[i, j].imshow(h, cmap="bwr", vmin=-v, vmax=v)
+            _show_map(axes[i, j], m[i])
             axes[i, j].set_title(name, fontsize=8)
         for ax in axes[i]:
             ax.axis("off")

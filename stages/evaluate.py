@@ -32,7 +32,8 @@ def main():
 
     name = f"{params.data.source}-{params.model.backbone}-{method}" if params.mlflow.register_models else None
     split_id = hashlib.sha256(ds.val.x.tobytes() + ds.val.y.tobytes()).hexdigest()[:16]
-    with tracking.stage_run(f"evaluate@{method}-{seed}", params, method=method, seed=seed, run_name=f"{method}-seed{seed}"):
+    stage = f"evaluate_baseline@{seed}" if method == "baseline" else f"evaluate@{method}-{seed}"
+    with tracking.stage_run(stage, params, method=method, seed=seed, run_name=f"{method}-seed{seed}"):
         tracking.log_params_section(params, "model", "evaluate")
         mlflow.log_metrics({k: record[k] for k in ("test_accuracy", "val_accuracy", "aopc", "aopc_random")})
         logged = tracking.log_model(model, to_float(ds.test.x[:2]), name)

@@ -18,6 +18,7 @@ def write(tmp_path, text):
 def test_repo_params_are_valid():
     params = load_params(REPO / "params.yaml")
     assert params.data.source == "digits" and params.impactx.lambda_ == 1.0
+    assert params.seeds == [0, 1, 2] and params.methods == ["impactx", "impactx_lambda0", "abn", "wae"]
 
 
 @pytest.mark.parametrize(
@@ -29,6 +30,10 @@ def test_repo_params_are_valid():
         ("impactx:\n  lambda: -1\n", r"impactx.lambda: .*greater than or equal to 0"),
         ("data:\n  source: mnist\n", r"data.source: .*'digits'"),
         ("seed: [1\n", "not valid YAML"),
+        ("seeds: [0, 0]\n", "seeds: Value error, has a repeated entry"),
+        ("seeds: []\n", "seeds: List should have at least 1 item"),
+        ("methods: [baseline, abn]\n", "methods: Value error, the baseline always runs"),
+        ("methods: [abn, gradcam]\n", r"methods.1: Input should be 'impactx', 'impactx_lambda0', 'abn' or 'wae'"),
     ],
 )
 def test_bad_params_give_one_line(tmp_path, text, message):
