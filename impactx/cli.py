@@ -1,11 +1,13 @@
 """Shared entry-point plumbing for the stages: their arguments, and bad input as one line on stderr
 with exit code 2.
 
-Exit code 2 tells an orchestrator (flows/pipeline.py) not to retry: the same input fails the same way."""
+Exit code 2 tells an orchestrator (flows/pipeline.py) not to retry: the same input fails the same way.
+Stages run as `python -m stages.<name>` from the project root, so they import this checkout's impactx."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from impactx import ImpactXError
@@ -22,9 +24,14 @@ def run_stage(main) -> None:
 
 
 def stage_args(description: str, method: bool = False) -> argparse.Namespace:
-    """`<stage> [method] seed`, as dvc.yaml's matrix stages call them."""
+    """`<stage> [method] seed`, as dvc.yaml's foreach/matrix stages call them."""
     ap = argparse.ArgumentParser(description=description)
     if method:
         ap.add_argument("method")
     ap.add_argument("seed", type=int)
     return ap.parse_args()
+
+
+def dvc_stage(default: str) -> str:
+    """The DVC stage running this process (DVC sets DVC_STAGE), or `default` when run by hand."""
+    return os.environ.get("DVC_STAGE", default)

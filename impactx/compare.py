@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-ORDER = ("baseline", "impactx", "impactx_lambda0", "abn", "wae")
-LABEL = {
-    "baseline": "Baseline A",
-    "impactx": "IMPACTX",
-    "impactx_lambda0": "IMPACTX, λ = 0 (control)",
-    "abn": "ABN",
-    "wae": "WAE",
-}
+from impactx import methods
+
 STATS = ("test_accuracy", "val_accuracy", "aopc", "aopc_random")
+RANDOM = "random maps"  # the MoRF plot's floor: random maps on the same models
 
 
 def mean_std(values: list[float]) -> dict:
@@ -22,16 +17,16 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None}
 
 
-def summarize(records: list[dict]) -> dict:
-    """{method: {"seeds", "map", test_accuracy/val_accuracy/aopc/aopc_random: {"mean", "std"}}}, in ORDER."""
+def summarize(records: list[dict], order: list[str]) -> dict:
+    """{method: {test_accuracy/val_accuracy/aopc/aopc_random: {"mean", "std"}, "seeds": n}}, in `order`:
+    numbers only (the DVC metric). Labels and map kinds are in the Markdown table."""
     by_method: dict[str, list[dict]] = {}
     for r in records:
         by_method.setdefault(r["method"], []).append(r)
     out = {}
-    for method in sorted(by_method, key=ORDER.index):
-        rs = sorted(by_method[method], key=lambda r: r["seed"])
-        out[method] = {"seeds": [r["seed"] for r in rs], "map": rs[0]["map"]}
-        out[method].update({k: mean_std([r[k] for r in rs]) for k in STATS})
+    for method in [m for m in order if m in by_method]:
+        rs = by_method[method]
+        out[method] = {k: mean_std([r[k] for r in rs]) for k in STATS} | {"seeds": len(rs)}
     return out
 
 
@@ -41,8 +36,7 @@ def _cell(stat: dict, digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def markdown(summary: dict, title: str) -> str:
-    seeds = sorted({s for m in summary.values() for s in m["seeds"]})
+def markdown(summary: dict, title: str, seeds: list[int]) -> str:
     lines = [
         f"## {title}",
         "",
@@ -53,18 +47,22 @@ def markdown(summary: dict, title: str) -> str:
         "| method | test accuracy | val accuracy | AOPC (own map) | AOPC (random map) | map |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for method, s in summary.items():
-        cells = [LABEL[method]] + [_cell(s[k]) for k in STATS] + [s["map"]]
-        lines.append("| " + " | ".join(cells) + " |")
+    for name, s in summary.items():
+        m = methods.get(name)
+        lines.append("| " + " | ".join([m.label] + [_cell(s[k]) for k in STATS] + [m.map_kind]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def morf_rows(records: list[dict]) -> list[dict]:
-    """Mean MoRF curve per method over seeds, plus random maps over every run: the DVC plots format."""
-    fractions = records[0]["morf_fractions"]
+def morf_rows(records: list[dict], order: list[str]) -> list[dict]:
+    """Mean MoRF curve per method over seeds, and of random maps over every run, in DVC's long format:
+    one row per (method, fraction), so the plot has one colour per method whatever methods ran."""
     curves: dict[str, list] = {}
-    for r in records:
-        curves.setdefault(r["method"], []).append(r["morf_curve"])
-        curves.setdefault("random", []).append(r["random_curve"])
-    mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
-    return [{"fraction": f, **{k: float(c[i]) for k, c in mean.items()}} for i, f in enumerate(fractions)]
+    for r in sorted(records, key=lambda r: order.index(r["method"])):
+        curves.setdefault(methods.get(r["method"]).label, []).append(r["morf_curve"])
+    curves[RANDOM] = [r["random_curve"] for r in records]
+    fractions = records[0]["morf_fractions"]
+    return [
+        {"method": name, "fraction": f, "probability": float(p)}
+        for name, c in curves.items()
+        for f, p in zip(fractions, np.mean(c, axis=0))
+    ]

@@ -1,12 +1,17 @@
-"""params.yaml schema: every key is declared here, so a typo or a wrong type fails fast with one line."""
+"""params.yaml schema: every key is declared here or by a registered method, so a typo or a wrong type
+fails fast with one line.
+
+The fixed sections (data, model, shap, evaluate, ...) are declared below. Each method in the registry
+(impactx.methods) declares its own section and schema; `params_model()` adds them to the schema."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from impactx import ImpactXError
 
@@ -42,6 +47,8 @@ class ModelParams(_Section):
 
 
 class TrainParams(_Section):
+    """The training settings every method's section has; a method's schema may add its own keys."""
+
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(64, gt=0)
     lr: float = Field(1e-3, gt=0)
@@ -60,14 +67,6 @@ class ShapParams(_Section):
     gpus_per_shard: float = Field(0.0, ge=0)  # Dask resource "GPU" each shard task needs (workers: --resources GPU=1)
 
 
-class ImpactxParams(TrainParams):
-    lambda_: float = Field(1.0, ge=0, alias="lambda")
-    latent_dim: int = Field(512, gt=0)
-
-
-STAGE2_METHODS = ("impactx", "impactx_lambda0", "abn", "wae")  # compared with the baseline A (stage 1)
-
-
 class EvaluateParams(_Section):
     morf_images: int = Field(100, gt=0)
     patch_size: int = Field(4, gt=0)
@@ -76,37 +75,95 @@ class EvaluateParams(_Section):
     figure_images: int = Field(4, gt=0)
 
 
-class Params(_Section):
+def _registry():
+    from impactx import methods  # the registry imports this module: import it only when validating
+
+    return methods
+
+
+class CoreParams(_Section):
+    """The sections every pipeline has. `params_model()` adds one field per registered method section."""
+
     seed: int = 0  # data split, MoRF subset and noise: the same for every method and seed
     seeds: list[int] = Field([0], min_length=1)  # one replicate each: stage 1, SHAP, every method
-    methods: list[Literal[STAGE2_METHODS]] = list(STAGE2_METHODS)
+    methods: list[str] = ["impactx", "abn", "wae"]  # stage-2 methods compared with the baseline A
+    controls: list[str] = ["impactx_lambda0"]  # a method with one setting fixed (IMPACTX with λ = 0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     mlflow: MlflowParams = MlflowParams()
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
-    finetune: TrainParams = TrainParams()
     shap: ShapParams = ShapParams()
-    impactx: ImpactxParams = ImpactxParams()
-    abn: TrainParams = TrainParams()
-    wae: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
 
-    @field_validator("methods", mode="before")
+    @field_validator("seeds")
     @classmethod
-    def _no_baseline(cls, v):
-        if isinstance(v, list) and "baseline" in v:
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if any(s < 0 for s in v):
+            raise ValueError("seeds must be non-negative integers")
+        return _unique(v)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        reg = _registry()
+        if "baseline" in v:
             raise ValueError("the baseline always runs (stage 1): list only the methods compared with it")
-        return v
+        allowed = reg.names(controls=False)
+        for name in v:
+            if name not in allowed:
+                raise ValueError(f"'{name}' is not a stage-2 method: use one of {allowed}")
+        return _unique(v)
 
-    @field_validator("seeds", "methods")
+    @field_validator("controls")
     @classmethod
-    def _unique(cls, v: list) -> list:
-        if len(set(v)) != len(v):
-            raise ValueError("has a repeated entry: list each once")
-        return v
+    def _controls(cls, v: list[str]) -> list[str]:
+        reg = _registry()
+        allowed = reg.names(controls=True)
+        for name in v:
+            if name not in allowed:
+                raise ValueError(f"'{name}' is not a control: use one of {allowed} or []")
+        return _unique(v)
+
+    def section(self, name: str) -> TrainParams:
+        """A method's params section by name (impactx, abn, finetune, ...)."""
+        return getattr(self, name)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def _unique(v: list) -> list:
+    if len(set(v)) != len(v):
+        raise ValueError("has a repeated entry: list each once")
+    return v
+
+
+@functools.cache
+def _params_model(sections: tuple[tuple[str, type], ...]) -> type[CoreParams]:
+    fields = {name: (schema, schema()) for name, schema in sections}
+    return create_model("Params", __base__=CoreParams, **fields)
+
+
+def params_model() -> type[CoreParams]:
+    """The full schema: CoreParams plus one section per registered method (impactx, abn, wae, finetune...)."""
+    return _params_model(tuple(sorted(_registry().sections().items())))
+
+
+Params = CoreParams  # the type the package annotates with; instances come from params_model()
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> CoreParams:
+    """Validate a params mapping; raise ImpactXError naming the first bad key and the fix."""
+    try:
+        return params_model().model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        if err["type"] == "extra_forbidden":
+            msg = f"{source}: unknown key '{key}': remove it or fix its spelling"
+        else:
+            msg = f"{source}: {key}: {err['msg']} (got {err.get('input')!r}): fix this value"
+        raise ImpactXError(msg) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> CoreParams:
     """Read and validate params.yaml; raise ImpactXError naming the first bad key."""
     path = Path(path)
     if not path.exists():
@@ -115,13 +172,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ImpactXError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix its syntax") from None
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "<top level>"
-        if err["type"] == "extra_forbidden":
-            msg = f"{path}: unknown key '{key}': remove it or fix its spelling"
-        else:
-            msg = f"{path}: {key}: {err['msg']} (got {err.get('input')!r}): fix this value"
-        raise ImpactXError(msg) from None
+    if not isinstance(raw, dict):
+        raise ImpactXError(f"{path} must be a mapping of sections: see the README's Configuration")
+    return parse_params(raw, str(path))

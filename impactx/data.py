@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import urllib.error
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from impactx import ImpactXError
+from impactx import ImpactXError, layout
 from impactx.config import DataParams
 from impactx.io import atomic_write, save_json
 
@@ -31,16 +31,43 @@ class Split:
     y: np.ndarray  # int64, N
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about its data: written to info.json by fetch_data, read by every stage."""
+
+    source: str  # params.yaml data.source
+    classes: list[str]  # class names, in label order
+    image_shape: tuple[int, int, int]  # C, H, W
+    mean: list[float]  # per channel, of the training split, in [0, 1]: models normalise with it
+    std: list[float]
+    sizes: dict[str, int]  # images per split: train, val, test
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "image_shape": list(self.image_shape)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> DatasetInfo:
+        return cls(**{**d, "image_shape": tuple(d["image_shape"])})
+
+
 @dataclass
 class Dataset:
     train: Split
     val: Split
     test: Split
-    classes: list[str]
+    info: DatasetInfo
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])
+        return self.info.image_shape
 
 
 # ---------------------------------------------------------------- sources: each returns train, test, classes
@@ -196,10 +223,19 @@ def prepare(p: DataParams, seed: int) -> Dataset:
     if len(train.y) < 2:
         raise ImpactXError(f"only {len(train.y)} training image(s) after the split: add data or lower the fractions")
     train, val, test = (_resize(s, p.image_size) for s in (train, val, test))
-    return Dataset(train, val, test, classes)
+    info = DatasetInfo(
+        source=p.source,
+        classes=list(classes),
+        image_shape=tuple(train.x.shape[1:]),
+        mean=(train.x.mean(axis=(0, 2, 3)) / 255).round(6).tolist(),
+        std=(train.x.std(axis=(0, 2, 3)) / 255).round(6).tolist(),
+        sizes={"train": len(train.y), "val": len(val.y), "test": len(test.y)},
+    )
+    return Dataset(train, val, test, info)
 
 
-def save(ds: Dataset, out_dir: Path, source: str) -> dict:
+def save(ds: Dataset, out_dir: Path = layout.PREPARED) -> None:
+    """dataset.npz (uint8 splits) and info.json (the DatasetInfo) under out_dir."""
     out_dir = Path(out_dir)
     arrays = {}
     for name in ("train", "val", "test"):
@@ -210,27 +246,25 @@ def save(ds: Dataset, out_dir: Path, source: str) -> dict:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
-    atomic_write(out_dir / "dataset.npz", write_npz)
-    info = {
-        "source": source,
-        "classes": ds.classes,
-        "image_shape": list(ds.image_shape),
-        "sizes": {n: len(getattr(ds, n).y) for n in ("train", "val", "test")},
-        "mean": (ds.train.x.mean(axis=(0, 2, 3)) / 255).round(6).tolist(),
-        "std": (ds.train.x.std(axis=(0, 2, 3)) / 255).round(6).tolist(),
-    }
-    save_json(out_dir / "info.json", info)
-    return info
+    atomic_write(out_dir / layout.DATASET, write_npz)
+    save_json(out_dir / layout.INFO, ds.info.to_json())
 
 
-def load(prepared_dir: str | Path) -> tuple[Dataset, dict]:
+def load_info(prepared_dir: str | Path = layout.PREPARED) -> DatasetInfo:
+    path = Path(prepared_dir) / layout.INFO
+    if not path.exists():
+        raise ImpactXError(f"{path} not found: run the fetch_data stage first (dvc repro)")
+    return DatasetInfo.from_json(json.loads(path.read_text()))
+
+
+def load(prepared_dir: str | Path = layout.PREPARED) -> Dataset:
     prepared_dir = Path(prepared_dir)
-    if not (prepared_dir / "dataset.npz").exists():
-        raise ImpactXError(f"{prepared_dir}/dataset.npz not found: run the fetch_data stage first (dvc repro)")
-    info = json.loads((prepared_dir / "info.json").read_text())
-    with np.load(prepared_dir / "dataset.npz") as z:
+    info = load_info(prepared_dir)
+    if not (prepared_dir / layout.DATASET).exists():
+        raise ImpactXError(f"{prepared_dir / layout.DATASET} not found: run the fetch_data stage first (dvc repro)")
+    with np.load(prepared_dir / layout.DATASET) as z:
         splits = {n: Split(z[f"x_{n}"], z[f"y_{n}"]) for n in ("train", "val", "test")}
-    return Dataset(splits["train"], splits["val"], splits["test"], info["classes"]), info
+    return Dataset(splits["train"], splits["val"], splits["test"], info)
 
 
 def to_float(x: np.ndarray) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from impactx import morf
 from impactx.config import Params
 from impactx.data import Dataset, to_float
-from impactx.methods import MAP_KIND
+from impactx.methods import Method
 from impactx.shap_maps import partition_shap
 from impactx.train import accuracy, inference_batch_size, predict_logits
 
@@ -31,8 +31,9 @@ def explain_batched(model, x: torch.Tensor, device: torch.device) -> tuple[torch
     return torch.cat([lg.argmax(1).cpu() for lg, _ in parts]), torch.cat([m.float().cpu() for _, m in parts])
 
 
-def explanation_maps(model, method: str, x: torch.Tensor, seed: int, params: Params, device) -> torch.Tensor:
-    if method != "baseline":
+def explanation_maps(model, method: Method, x: torch.Tensor, seed: int, params: Params, device) -> torch.Tensor:
+    """The method's own map (model.explain), or SHAP of the model for its predicted class (post_hoc)."""
+    if not method.post_hoc:
         return explain_batched(model, x, device)[1]
     pred = predict_logits(model, x, device).argmax(1).numpy()
     maps = partition_shap(
@@ -42,7 +43,7 @@ def explanation_maps(model, method: str, x: torch.Tensor, seed: int, params: Par
     return torch.from_numpy(maps)
 
 
-def evaluate_run(model, method: str, seed: int, ds: Dataset, params: Params, device) -> tuple[dict, np.ndarray]:
+def evaluate_run(model, method: Method, seed: int, ds: Dataset, params: Params, device) -> tuple[dict, np.ndarray]:
     """The result record of one (method, seed) and the maps of the first figure_images MoRF images."""
     p = params.evaluate
     _, x = morf_subset(ds, params)
@@ -51,9 +52,9 @@ def evaluate_run(model, method: str, seed: int, ds: Dataset, params: Params, dev
     kw = dict(patch_size=p.patch_size, steps=p.steps, device=device, seed=params.seed)
     curve, random_curve = morf.morf_curves(model, x, maps, **kw), morf.morf_curves(model, x, random_maps, **kw)
     record = {
-        "method": method,
+        "method": method.name,
         "seed": seed,
-        "map": MAP_KIND[method],
+        "map": method.map_kind,
         "test_accuracy": accuracy(model, ds.test, device),
         "val_accuracy": accuracy(model, ds.val, device),
         "aopc": morf.aopc(curve),

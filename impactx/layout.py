@@ -1,26 +1,55 @@
-"""Where the stages read and write, one function per artefact; dvc.yaml declares the same paths."""
+"""Where the stages read and write: every path of the pipeline, relative to the project root.
+
+dvc.yaml declares the same paths (DVC needs them literally); tests/test_layout.py checks that every
+stage's declared outputs are the ones below, so the two cannot drift apart."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-PREPARED = Path("data/prepared")
+PREPARED = Path("data/prepared")  # fetch_data: the split dataset
+DATASET, INFO = "dataset.npz", "info.json"  # file names inside PREPARED
+SHAP_WORK = Path(".shap_work")  # resumable SHAP shards, removed once maps.npy is written
+TABLE_JSON = Path("metrics/comparison.json")  # the DVC metric: numbers only
+TABLE_MD = Path("metrics/comparison.md")  # the same table with labels and map kinds
+MORF_PLOT = Path("plots/morf.json")  # DVC plot data: one row per (method, fraction)
+FIGURES = {"explanations": Path("figures/explanations.png"), "morf": Path("figures/morf.png")}
+
+
+def models(method: str) -> Path:
+    """Every seed's checkpoint of one method: what its evaluate stage reads."""
+    return Path("models") / method
 
 
 def model(method: str, seed: int) -> Path:
     """Stage 1 writes method "baseline"; stage 2 every other method."""
-    return Path("models") / method / f"seed{seed}.pt"
+    return models(method) / f"seed{seed}.pt"
 
 
 def shap_dir(seed: int) -> Path:
     return Path("shap") / f"seed{seed}"
 
 
+def shap_maps(seed: int) -> Path:
+    """Raw SHAP maps of the training images, N×C×H×W float32."""
+    return shap_dir(seed) / "maps.npy"
+
+
+def shap_meta(seed: int) -> Path:
+    """What produced shap_maps(seed): explainer, masker, evaluations, timing."""
+    return shap_dir(seed) / "maps.json"
+
+
+def results(method: str) -> Path:
+    """What the evaluate stage of one method writes, for every seed."""
+    return Path("results") / method
+
+
 def result(method: str, seed: int) -> Path:
     """Test/validation accuracy, AOPC and the mean MoRF curves of one (method, seed)."""
-    return Path("results") / method / f"seed{seed}.json"
+    return results(method) / f"seed{seed}.json"
 
 
 def result_maps(method: str, seed: int) -> Path:
     """The explanation maps of the first evaluate.figure_images MoRF images, for the figures."""
-    return Path("results") / method / f"seed{seed}.npz"
+    return results(method) / f"seed{seed}.npz"

@@ -13,6 +13,7 @@ from torch import nn
 
 from impactx.backbones import Backbone, build_backbone, with_new_head
 from impactx.config import ModelParams
+from impactx.data import DatasetInfo
 
 
 class Normalize(nn.Module):
@@ -34,6 +35,9 @@ class Classifier(nn.Module):
 
     def forward(self, x):
         return self.backbone(self.normalize(x))
+
+    def loss(self, x, y, r=None) -> dict:
+        return {"loss": F.cross_entropy(self(x), y)}
 
 
 def _decoder_plan(image_size: int) -> tuple[int, int]:
@@ -71,8 +75,9 @@ class ImpactX(nn.Module):
     D(z) is the predicted attribution map. forward() returns logits (for pyfunc/registry);
     explain() returns (logits, map) in one pass."""
 
-    def __init__(self, baseline: Classifier, num_classes: int, image_shape, latent_dim: int = 512):
+    def __init__(self, baseline: Classifier, num_classes: int, image_shape, latent_dim: int = 512, lam: float = 1.0):
         super().__init__()
+        self.lam = lam  # λ, the weight of the map loss (a training setting: not in the state_dict)
         c, h, _ = image_shape
         self.normalize = baseline.normalize
         self.m = baseline.backbone
@@ -100,6 +105,11 @@ class ImpactX(nn.Module):
     def forward(self, x):
         return self.explain(x)[0]
 
+    def loss(self, x, y, r) -> dict:
+        logits, r_hat = self.explain(x)  # N×K, N×C×H×W
+        total, ce, mse = impactx_loss(logits, y, r_hat, r, self.lam)
+        return {"loss": total, "ce": ce, "mse": mse}
+
 
 def impactx_loss(logits, y, map_pred, map_target, lam: float):
     """L = CE(y, C(m, z)) + λ·MSE(r, D(LEP(x))); returns (total, ce, mse) for logging."""
@@ -108,17 +118,18 @@ def impactx_loss(logits, y, map_pred, map_target, lam: float):
     return ce + lam * mse, ce, mse
 
 
-def build_baseline(model: ModelParams, info: dict, checkpoint: str | Path | None = None) -> Classifier:
+def build_baseline(model: ModelParams, info: DatasetInfo, checkpoint: str | Path | None = None) -> Classifier:
     """A from the prepared dataset's description (channels, size, classes, train mean/std). With a
-    checkpoint its weights are loaded from there (and no pretrained weights are fetched first)."""
-    c, h, _ = info["image_shape"]
+    checkpoint (impactx.methods.save's format) its weights are loaded from there, and no pretrained
+    weights are fetched first."""
+    c, h, _ = info.image_shape
     if checkpoint is not None:
         model = model.model_copy(update={"pretrained": False})
-    net = Classifier(build_backbone(model.backbone, c, len(info["classes"]), h, model), info["mean"], info["std"])
+    net = Classifier(build_backbone(model.backbone, c, info.num_classes, h, model), info.mean, info.std)
     if checkpoint is not None:
-        net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+        net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
     return net
 
 
-def build_impactx(baseline: Classifier, info: dict, latent_dim: int) -> ImpactX:
-    return ImpactX(baseline, len(info["classes"]), info["image_shape"], latent_dim)
+def build_impactx(baseline: Classifier, info: DatasetInfo, latent_dim: int, lam: float) -> ImpactX:
+    return ImpactX(baseline, info.num_classes, info.image_shape, latent_dim, lam)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from impactx import ImpactXError
+from impactx import ImpactXError, layout
 from impactx.io import save_json, save_npy
 
 MASKER_PATTERN = re.compile(r"^(inpaint_telea|inpaint_ns|blur\(\d+,\s*\d+\))$")
@@ -251,10 +251,17 @@ def compute_maps(
     return maps, work
 
 
-def save_maps(maps: np.ndarray, meta: dict, out_dir: Path) -> None:
-    out_dir = Path(out_dir)
-    save_npy(out_dir / "maps.npy", maps)
-    save_json(out_dir / "maps.json", meta)
+def save_maps(maps: np.ndarray, meta: dict, seed: int) -> None:
+    """maps.npy (raw values) and maps.json (what produced them) of one seed, where layout puts them."""
+    save_npy(layout.shap_maps(seed), maps)
+    save_json(layout.shap_meta(seed), meta)
+
+
+def load_scaled_maps(path: Path) -> np.ndarray:
+    """The training targets: maps.npy scaled per image to [-1, 1] (scale_maps)."""
+    if not Path(path).exists():
+        raise ImpactXError(f"{path} not found: run the shap stage of this seed first (dvc repro)")
+    return scale_maps(np.load(path))
 
 
 def discard_work(work: Path) -> None:

@@ -14,13 +14,15 @@ import os
 import subprocess
 from pathlib import Path
 
-import mlflow
-import numpy as np
-import torch
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # runs stay on this machine unless you opt in
 
-from impactx.config import Params
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from impactx.config import Params  # noqa: E402
 
 CHAMPION = "champion"
 FLOW_RUN_ENV = "IMPACTX_PREFECT_FLOW_RUN_ID"  # set by flows/pipeline.py for the stages it runs
@@ -122,6 +124,21 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, registered_name: st
         registered_model_name=registered_name,
     )
     return info
+
+
+def log_evaluation(model: torch.nn.Module, record: dict, ds, params: Params, device) -> None:
+    """The evaluate stage's MLflow part: the metrics, the model (signature, input example), and its
+    registry version, promoted to champion when its validation accuracy beats the champion's."""
+    from impactx.data import to_float
+    from impactx.train import accuracy
+
+    mlflow.log_metrics({k: record[k] for k in ("test_accuracy", "val_accuracy", "aopc", "aopc_random")})
+    name = f"{params.data.source}-{params.model.backbone}-{record['method']}" if params.mlflow.register_models else None
+    logged = log_model(model, to_float(ds.test.x[:2]), name)
+    if name:
+        split_id = hashlib.sha256(ds.val.x.tobytes() + ds.val.y.tobytes()).hexdigest()[:16]
+        score = lambda m: accuracy(m, ds.val, device)  # noqa: E731
+        promote_if_better(name, str(logged.registered_model_version), record["val_accuracy"], score, split_id)
 
 
 def promote_if_better(name: str, version: str, new_score: float, score_model, split_id: str) -> bool:

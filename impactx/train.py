@@ -1,4 +1,4 @@
-"""One training loop for every model (baseline A, IMPACTX, ABN, WAE): each brings its own loss step.
+"""One training loop for every model (baseline A, IMPACTX, ABN, WAE): each owns its loss, model.loss(x, y, r).
 It keeps the weights of the best validation epoch and reports every epoch through `on_epoch`."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 from tqdm.auto import tqdm
 
@@ -68,7 +67,7 @@ def accuracy(model, split: Split, device: torch.device) -> float:
 EpochHook = Callable[[int, dict], None]
 
 
-def _fit(model, params, train_loader, val_split, device, step, on_epoch: EpochHook | None, desc: str):
+def _fit(model, params, train_loader, val_split, device, on_epoch: EpochHook | None, desc: str):
     opt = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=params.lr, weight_decay=params.weight_decay
     )
@@ -80,7 +79,7 @@ def _fit(model, params, train_loader, val_split, device, step, on_epoch: EpochHo
             train_loader, desc=f"{desc} epoch {epoch}/{params.epochs}", leave=False, mininterval=2, disable=None
         ):
             batch = [t.to(device, non_blocking=True) for t in batch]
-            losses = step(model, *batch)
+            losses = model.loss(*batch)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             opt.step()
@@ -100,10 +99,6 @@ def _fit(model, params, train_loader, val_split, device, step, on_epoch: EpochHo
     return {"best_val_accuracy": best_acc, "epochs": params.epochs, "history": history}
 
 
-def classifier_step(model, x, y):
-    return {"loss": F.cross_entropy(model(x), y)}
-
-
 def train_model(
     model,
     train: Split,
@@ -111,15 +106,14 @@ def train_model(
     params: TrainParams,
     device,
     seed: int,
-    step=classifier_step,
     maps: torch.Tensor | None = None,
     on_epoch: EpochHook | None = None,
     desc: str = "train",
 ) -> dict:
-    """Adam on the trainable parameters; `step(model, x, y[, r])` returns the losses of one batch, "loss"
+    """Adam on the trainable parameters; model.loss(x, y[, r]) returns the losses of one batch, "loss"
     first. With `maps`, each batch also carries the SHAP maps r of its images."""
     seed_everything(seed)
     model.to(device)
     extra = () if maps is None else (maps,)
     loader = make_loader(train, params.batch_size, device, *extra, shuffle=True, seed=seed)
-    return _fit(model, params, loader, val, device, step, on_epoch, desc)
+    return _fit(model, params, loader, val, device, on_epoch, desc)

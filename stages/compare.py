@@ -1,53 +1,38 @@
-"""DVC stage compare: Table 2 (Markdown + JSON metric), mean MoRF curves and figures over every method
-and seed of params.yaml."""
+"""DVC stage compare: Table 2 (Markdown, and numbers as a DVC metric), the MoRF plot data and the figures
+over every method and seed of params.yaml."""
 
 import json
 
 import mlflow
-import numpy as np
 
-from impactx import ImpactXError, compare, data, figures, layout, tracking
+from impactx import ImpactXError, compare, data, figures, layout, methods, tracking
 from impactx.cli import run_stage
 from impactx.config import load_params
-from impactx.evaluation import morf_subset
 from impactx.io import atomic_write, save_json
-
-TABLE_JSON, TABLE_MD = "metrics/comparison.json", "metrics/comparison.md"
 
 
 def main():
     params = load_params()
-    runs = [(m, s) for m in ("baseline", *params.methods) for s in params.seeds]
+    rows = methods.rows(params)
+    runs = [(m, s) for m in rows for s in params.seeds]
     missing = [str(layout.result(m, s)) for m, s in runs if not layout.result(m, s).exists()]
     if missing:
         raise ImpactXError(f"no results for {', '.join(missing)}: run `dvc repro` (it evaluates every method and seed)")
     records = [json.loads(layout.result(m, s).read_text()) for m, s in runs]
-    summary = compare.summarize(records)
-    title = f"{params.data.source}, {params.model.backbone}: {len(params.seeds)} seed(s)"
-    table = compare.markdown(summary, title)
-    save_json(TABLE_JSON, summary)
-    atomic_write(TABLE_MD, lambda t: t.write_text(table))
-    rows = compare.morf_rows(records)
-    save_json("plots/morf.json", rows)
-
-    ds, info = data.load(layout.PREPARED)
-    idx, x = morf_subset(ds, params)
-    seed, n = params.seeds[0], min(params.evaluate.figure_images, len(idx))
-    maps = {compare.LABEL[m]: np.load(layout.result_maps(m, seed))["maps"][:n].astype(np.float32) for m in summary}
-    titles = [f"{info['classes'][ds.test.y[i]]}" for i in idx[:n]]
-    figures.explanation_grid(x[:n].numpy(), maps, titles, "figures/explanations.png")
-    curves = {compare.LABEL.get(k, k): np.array([r[k] for r in rows]) for k in rows[0] if k != "fraction"}
-    aopcs = {compare.LABEL[m]: s["aopc"]["mean"] for m, s in summary.items()}
-    aopcs["random"] = float(np.mean([r["aopc_random"] for r in records]))
-    figures.morf_plot(np.array([r["fraction"] for r in rows]), curves, aopcs, "figures/morf.png")
+    summary = compare.summarize(records, rows)
+    table = compare.markdown(summary, f"{params.data.source}, {params.model.backbone}", params.seeds)
+    save_json(layout.TABLE_JSON, summary)
+    atomic_write(layout.TABLE_MD, lambda t: t.write_text(table))
+    save_json(layout.MORF_PLOT, compare.morf_rows(records, rows))
+    figures.comparison_figures(data.load(layout.PREPARED), records, rows, params)
 
     with tracking.stage_run("compare", params):
         mlflow.log_metrics({f"{m}.{k}_mean": s[k]["mean"] for m, s in summary.items() for k in compare.STATS})
-        for path in (TABLE_MD, TABLE_JSON, "figures/morf.png", "figures/explanations.png"):
-            mlflow.log_artifact(path)
+        for path in (layout.TABLE_MD, layout.TABLE_JSON, *layout.FIGURES.values()):
+            mlflow.log_artifact(str(path))
     print(table)
-    print(f"  table: {TABLE_MD} {TABLE_JSON} (dvc metrics show)   MoRF: plots/morf.json (dvc plots show)")
-    print("  figures: figures/explanations.png figures/morf.png")
+    print(f"  table: {layout.TABLE_MD} {layout.TABLE_JSON} (dvc metrics show)   MoRF: {layout.MORF_PLOT} (dvc plots show)")
+    print("  figures: " + " ".join(str(p) for p in layout.FIGURES.values()))
     print(f"  MLflow UI: mlflow ui --backend-store-uri {params.mlflow.tracking_uri}  (http://127.0.0.1:5000)")
 
 

@@ -6,11 +6,11 @@ import time
 import mlflow
 
 import shap
-from impactx import data, layout, shap_maps, tracking
+from impactx import data, layout, methods, shap_maps, tracking
 from impactx.cli import run_stage, stage_args
 from impactx.config import load_params
-from impactx.model import build_baseline
 from impactx.train import resolve_device
+
 
 def runner(p):
     if p.executor == "dask":
@@ -25,27 +25,16 @@ def main():
     params = load_params()
     p = params.shap
     shap_maps.check_masker(p.masker)
-    ds, info = data.load(layout.PREPARED)
-    device = resolve_device(params.device)
-    model = build_baseline(params.model, info, checkpoint=layout.model("baseline", seed))
-    out = layout.shap_dir(seed)
+    ds = data.load(layout.PREPARED)
+    _, model = methods.load(layout.model("baseline", seed), ds.info, params.model)
     with tracking.stage_run(f"shap@{seed}", params, seed=seed):
         tracking.log_params_section(params, "shap")
         t0 = time.perf_counter()
         maps, work = shap_maps.compute_maps(
-            model,
-            ds.train.x,
-            ds.train.y,
-            max_evals=p.max_evals,
-            batch_size=p.batch_size,
-            masker=p.masker,
-            shard_size=p.shard_size,
-            seed=seed,
-            device=device,
-            work_root=".shap_work",
-            pool=p.pool_size,
-            runner=runner(p),
-        )
+            model, ds.train.x, ds.train.y, max_evals=p.max_evals, batch_size=p.batch_size, masker=p.masker,
+            shard_size=p.shard_size, seed=seed, device=resolve_device(params.device), work_root=layout.SHAP_WORK,
+            pool=p.pool_size, runner=runner(p),
+        )  # fmt: skip
         seconds = time.perf_counter() - t0
         rate = len(maps) * p.max_evals / seconds
         meta = {
@@ -62,12 +51,10 @@ def main():
             "values": "raw SHAP values; scaled per image by max |value| before training (impactx.shap_maps.scale_maps)",
             "seconds_this_run": round(seconds, 2),
         }
-        shap_maps.save_maps(maps, meta, out)
+        shap_maps.save_maps(maps, meta, seed)
         mlflow.log_metrics({"seconds": seconds, "images": len(maps), "evals_per_s": rate})
     shap_maps.discard_work(work)
-    print(
-        f"shap: {len(maps)} maps ({p.masker}, max_evals={p.max_evals}) in {seconds:.1f}s ({rate:,.0f} evals/s) -> {out}/maps.npy"
-    )
+    print(f"shap: {len(maps)} maps ({p.masker}, max_evals={p.max_evals}) in {seconds:.1f}s ({rate:,.0f} evals/s) -> {layout.shap_maps(seed)}")
 
 
 if __name__ == "__main__":

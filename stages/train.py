@@ -1,37 +1,32 @@
-"""DVC stage train@<method>-<seed> (stage 2): train one comparison method on top of stage 1 of its seed."""
+"""DVC stages finetune@<seed> and train@<method>-<seed>: train one method of the registry for one seed.
+The baseline is stage 1; every other method is built on stage 1 of its seed (A and its SHAP maps)."""
 
 import mlflow
-import numpy as np
-import torch
 
 from impactx import data, layout, methods, tracking
-from impactx.cli import run_stage, stage_args
+from impactx.cli import dvc_stage, run_stage, stage_args
 from impactx.config import load_params
-from impactx.io import save_torch
-from impactx.shap_maps import scale_maps
 from impactx.train import resolve_device, seed_everything, train_model
 
 
 def main():
     args = stage_args(__doc__, method=True)
-    method, seed = args.method, args.seed
     params = load_params()
-    ds, info = data.load(layout.PREPARED)
-    device = resolve_device(params.device)
-    maps = scale_maps(np.load(layout.shap_dir(seed) / "maps.npy"))
-    seed_everything(seed)  # new layers are initialised from the seed
-    model = methods.build(method, params, info, layout.model("baseline", seed), maps, ds.train.y)
-    train_params = methods.train_params(method, params)
-    with tracking.stage_run(f"train@{method}-{seed}", params, method=method, seed=seed):
-        tracking.log_params_section(params, "model", "impactx" if method.startswith("impactx") else method)
-        if method.startswith("impactx"):
-            mlflow.log_param("lambda_effective", methods.lambda_of(method, params))
+    method, seed = methods.get(args.method), args.seed
+    settings = method.settings(params)
+    ds = data.load(layout.PREPARED)
+    stage1 = methods.Stage1.from_layout(ds, params.model, seed, built_on_stage1=method.stage == 2)
+    seed_everything(seed)  # before the model exists: initial weights and new layers come from the seed
+    model = method.build(stage1, settings)
+    with tracking.stage_run(dvc_stage(f"train@{method.name}-{seed}"), params, method=method.name, seed=seed):
+        tracking.log_params_section(params, "model", method.section)
+        mlflow.log_params({f"effective.{k}": v for k, v in settings.model_dump(by_alias=True).items()})
         result = train_model(
-            model, ds.train, ds.val, train_params, device, seed, step=methods.step(method, params),
-            maps=torch.from_numpy(maps), on_epoch=tracking.epoch_logger(), desc=method,
+            model, ds.train, ds.val, settings, device=resolve_device(params.device), seed=seed,
+            maps=stage1.maps_tensor(), on_epoch=tracking.epoch_logger(), desc=method.name,
         )  # fmt: skip
         mlflow.log_metric("best_val_accuracy", result["best_val_accuracy"])
-    save_torch(layout.model(method, seed), model.cpu().state_dict())
+    methods.save(layout.model(method.name, seed), method.name, settings, model.cpu())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Tiny data in the real on-disk formats, written by the tests themselves (no network, no ../shared)."""
+"""Shared test builders: tiny models and data in the real on-disk formats, written by the tests themselves
+(no network, no ../shared), and tiny copies of the project for end-to-end runs."""
 
 import hashlib
 import os
@@ -11,11 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
+from impactx.backbones import build_backbone
+from impactx.data import DatasetInfo
+from impactx.model import Classifier
+
 REPO = Path(__file__).resolve().parents[1]
-TRACKED = ["dvc.yaml", "params.yaml", "stages", "impactx", "flows", ".dvc/config", ".dvcignore", ".gitignore"]
+TRACKED = ["dvc.yaml", "params.yaml", "stages", "impactx", "flows", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore"]
 TINY = {
     "seeds": [0, 1],
     "data": {"train_limit": 96, "test_limit": 48},
@@ -26,6 +32,19 @@ TINY = {
     "wae": {"epochs": 2, "batch_size": 32},
     "evaluate": {"morf_images": 8, "steps": 4, "shap_max_evals": 64, "figure_images": 2},
 }
+CPU = torch.device("cpu")
+
+
+def tiny_info(classes: int = 4, size: int = 32, channels: int = 3) -> DatasetInfo:
+    """A dataset description for models built without data."""
+    return DatasetInfo("toy", [str(i) for i in range(classes)], (channels, size, size), [0.5] * channels,
+                       [0.25] * channels, {"train": 0, "val": 0, "test": 0})  # fmt: skip
+
+
+def tiny_model(seed: int = 0, size: int = 16, classes: int = 4) -> Classifier:
+    """A seeded LeNet-5 classifier A on size×size RGB images."""
+    torch.manual_seed(seed)
+    return Classifier(build_backbone("lenet5", 3, classes, size), [0.5] * 3, [0.25] * 3).eval()
 
 
 def run(cmd, cwd, check=True):
@@ -54,17 +73,23 @@ def tiny_project(root: Path, **overrides) -> Path:
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for key, value in [*TINY.items(), *overrides.items()]:
-        if isinstance(value, dict):
-            params[key].update(value)
-        else:
-            params[key] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(root, **TINY)
+    set_params(root, **overrides)
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "tiny"], root)
     return root
+
+
+def set_params(root: Path, **overrides) -> None:
+    """Update params.yaml of a project copy: a dict value updates its section, anything else replaces."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            params.setdefault(key, {}).update(value)
+        else:
+            params[key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def md5(path: Path) -> str:
@@ -139,6 +164,15 @@ def write_image_folder(root: Path, classes=("cat", "dog", "frog"), per_class=5, 
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server for the whole session, started only when a test asks for it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -14,21 +16,26 @@ def record(method, seed, acc, aopc=0.3):
 
 def test_summary_is_mean_and_sample_std_per_method_in_table_order():
     records = [record("wae", 0, 0.5), record("baseline", 1, 0.7), record("baseline", 0, 0.6), record("wae", 1, 0.6)]
-    s = compare.summarize(records)
-    assert list(s) == ["baseline", "wae"] and s["baseline"]["seeds"] == [0, 1]
+    s = compare.summarize(records, ["baseline", "impactx", "wae"])
+    assert list(s) == ["baseline", "wae"] and s["baseline"]["seeds"] == 2
     assert s["baseline"]["test_accuracy"]["mean"] == pytest.approx(0.65)
     assert s["baseline"]["test_accuracy"]["std"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
-    md = compare.markdown(s, "toy")
-    assert "| Baseline A | 0.6500 ± 0.0707 | 0.6400 ± 0.0707 | 0.3000 ± 0.0000 | 0.1000 ± 0.0000 | m |" in md
+    numbers = json.dumps(s)
+    assert all(isinstance(v, (int, float)) or v is None for m in s.values() for x in m.values()
+               for v in (x.values() if isinstance(x, dict) else [x])), numbers  # fmt: skip  (a DVC metric)
+    md = compare.markdown(s, "toy", [0, 1])
+    assert "| Baseline A | 0.6500 ± 0.0707 | 0.6400 ± 0.0707 | 0.3000 ± 0.0000 | 0.1000 ± 0.0000 | SHAP of A, post hoc |" in md
+    assert "| WAE |" in md and "seeds [0, 1]" in md
 
 
 def test_single_seed_has_no_std():
-    s = compare.summarize([record("impactx", 0, 0.5)])
+    s = compare.summarize([record("impactx", 0, 0.5)], ["baseline", "impactx"])
     assert s["impactx"]["test_accuracy"]["std"] is None
-    assert "| IMPACTX | 0.5000 | 0.4900 |" in compare.markdown(s, "toy")
+    assert "| IMPACTX | 0.5000 | 0.4900 |" in compare.markdown(s, "toy", [0])
 
 
-def test_morf_rows_average_each_method_and_random_over_runs():
-    rows = compare.morf_rows([record("impactx", 0, 0.5), record("abn", 0, 0.5)])
-    assert [r["fraction"] for r in rows] == [0.0, 0.5, 1.0]
-    assert rows[1] == {"fraction": 0.5, "impactx": 0.5, "abn": 0.5, "random": 0.8}
+def test_morf_rows_are_long_format_one_series_per_method_and_random():
+    rows = compare.morf_rows([record("impactx", 0, 0.5), record("abn", 0, 0.5)], ["baseline", "impactx", "abn"])
+    assert [r["method"] for r in rows] == ["IMPACTX"] * 3 + ["ABN"] * 3 + ["random maps"] * 3
+    assert rows[1] == {"method": "IMPACTX", "fraction": 0.5, "probability": 0.5}
+    assert rows[-2] == {"method": "random maps", "fraction": 0.5, "probability": 0.8}

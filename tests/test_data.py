@@ -19,9 +19,10 @@ def test_digits_is_embedded_split_and_seeded():
 
 def test_save_and_load_roundtrip(tmp_path):
     ds = data.prepare(DataParams(source="digits", train_limit=50, test_limit=20), seed=0)
-    info = data.save(ds, tmp_path, "digits")
-    loaded, info2 = data.load(tmp_path)
-    assert info == info2 and info["sizes"] == {"train": 50, "val": len(ds.val.y), "test": 20}
+    data.save(ds, tmp_path)
+    loaded = data.load(tmp_path)
+    assert loaded.info == ds.info and ds.info.sizes == {"train": 50, "val": len(ds.val.y), "test": 20}
+    assert ds.info.image_shape == (3, 32, 32) and ds.info.num_classes == 10 and ds.info.source == "digits"
     np.testing.assert_array_equal(loaded.test.x, ds.test.x)
     assert not list(tmp_path.glob(".*.tmp"))
 

@@ -1,5 +1,5 @@
 """Prefect: the pipeline flow on tiny params, the Dask SHAP fan-out (and a worker killed mid-shard), and
-the deployment definitions. All against Prefect's test harness (a temporary local server)."""
+the deployment definitions. The tests that run flows share one temporary Prefect server per session."""
 
 import importlib.util
 import json
@@ -10,22 +10,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, run, tiny_project
+from conftest import CPU, REPO, run, tiny_model, tiny_project
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
-from prefect.testing.utilities import prefect_test_harness
-from test_shap_maps import tiny_model
 
 from impactx.fanout import dask_runner
 from impactx.shap_maps import compute_maps
-
-CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def load(entrypoint: str):
@@ -48,8 +38,8 @@ def test_overrides_are_written_as_dvc_exp_run_would(tmp_path):
 
 
 @pytest.mark.e2e
-def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path):
-    root = tiny_project(tmp_path, seeds=[0], methods=["impactx"])
+def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
+    root = tiny_project(tmp_path, seeds=[0], methods=["impactx"], controls=[])
     pipeline = load("flows/pipeline.py:pipeline")
 
     state = pipeline(overrides={"impactx.lambda": 0.4}, experiment="tiny", root=str(root), return_state=True)
@@ -60,7 +50,8 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id])
     tagged = [r for r in runs if r.data.tags.get("prefect_flow_run_id") == str(state.state_details.flow_run_id)]
-    stages = ["fetch_data", "finetune@0", "shap@0", "train@impactx-0", "evaluate@impactx-0", "evaluate_baseline@0", "compare"]
+    stages = ["fetch_data", "finetune@0", "shap@0", "train@impactx-0", "evaluate@impactx",
+              "evaluate_baseline@baseline", "compare"]  # fmt: skip
     assert list(state.result()) == stages  # dvc.yaml's order, foreach/matrix expanded
     assert {r.data.tags["dvc_stage"] for r in tagged} == set(stages)
 
@@ -89,7 +80,7 @@ class DiesOnce(torch.nn.Module):
             return self.inner(x)
 
 
-def test_dask_fanout_equals_single_process_even_when_a_worker_dies(tmp_path):
+def test_dask_fanout_equals_single_process_even_when_a_worker_dies(tmp_path, prefect_server):
     model = tiny_model()
     x = np.random.default_rng(0).integers(0, 256, (6, 3, 16, 16), dtype=np.uint8)
     y = np.array([0, 1, 2, 3, 0, 1])

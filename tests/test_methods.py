@@ -1,86 +1,108 @@
-"""The comparison methods: ABN, WAE and the λ = 0 control, built from a baseline and saved/loaded."""
+"""The method registry: every entry builds from stage 1, owns its loss and its map, and survives a
+checkpoint; the λ = 0 control is IMPACTX with a fixed setting; ABN and WAE do what their modules say."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_info
 
-from impactx import methods
-from impactx.config import Params
-from impactx.model import build_baseline
-from impactx.wae import class_mean_maps
+from impactx import ImpactXError, methods
+from impactx.config import parse_params
+from impactx.methods import Stage1
+from impactx.methods.wae import class_mean_maps
 
-INFO = {"image_shape": [3, 32, 32], "classes": [str(i) for i in range(4)], "mean": [0.5] * 3, "std": [0.25] * 3}
+INFO = tiny_info()
 
 
 @pytest.fixture
 def setup(tmp_path):
     torch.manual_seed(0)
-    params = Params.model_validate({"impactx": {"latent_dim": 32}})
+    params = parse_params({"impactx": {"latent_dim": 32}})
     path = tmp_path / "baseline.pt"
-    torch.save(build_baseline(params.model, INFO).state_dict(), path)
+    methods.save(path, "baseline", params.finetune, methods.build("baseline", Stage1(INFO, params.model), params))
     rng = np.random.default_rng(0)
     maps, labels = rng.standard_normal((12, 3, 32, 32)).astype(np.float32), rng.integers(0, 4, 12)
     batch = torch.rand(6, 3, 32, 32), torch.randint(0, 4, (6,)), torch.rand(6, 3, 32, 32)
-    return params, path, maps, labels, batch
+    return params, Stage1(INFO, params.model, path, maps, labels), batch
 
 
-def train_one_step(model, step, batch):
+def train_one_step(model, batch):
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
-    losses = step(model, *batch)
+    losses = model.loss(*batch)
     opt.zero_grad()
     losses["loss"].backward()
     opt.step()
     return losses
 
 
-@pytest.mark.parametrize("method", ["impactx", "impactx_lambda0", "abn", "wae"])
-def test_every_method_explains_and_survives_save_and_load(setup, method, tmp_path):
-    params, path, maps, labels, batch = setup
-    model = methods.build(method, params, INFO, path, maps, labels)
-    train_one_step(model, methods.step(method, params), batch)
+def test_registry_holds_every_row():
+    assert methods.names() == ["baseline", "abn", "impactx", "impactx_lambda0", "wae"]
+    assert methods.names(controls=False) == ["abn", "impactx", "wae"]
+    assert methods.names(controls=True) == ["impactx_lambda0"]
+    control = methods.get("impactx_lambda0")
+    assert (control.section, control.control_of, control.fixed) == ("impactx", "impactx", {"lambda_": 0.0})
+    assert methods.get("baseline").post_hoc and methods.get("baseline").section == "finetune"
+    params = parse_params({"methods": ["wae", "impactx"], "controls": ["impactx_lambda0"]})
+    assert methods.rows(params) == ["baseline", "wae", "impactx", "impactx_lambda0"]
+    with pytest.raises(ImpactXError, match="unknown method 'gradcam'"):
+        methods.get("gradcam")
+
+
+@pytest.mark.parametrize("name", ["impactx", "impactx_lambda0", "abn", "wae"])
+def test_every_method_explains_and_survives_its_checkpoint(setup, name, tmp_path):
+    params, stage1, batch = setup
+    method = methods.get(name)
+    model = methods.build(name, stage1, params)
+    train_one_step(model, batch)
     model.eval()
     logits, explanation = model.explain(batch[0])
     assert logits.shape == (6, 4) and explanation.shape == (6, 3, 32, 32)
-    torch.save(model.state_dict(), tmp_path / "m.pt")
-    loaded = methods.load(method, params, INFO, tmp_path / "m.pt").eval()
-    assert torch.allclose(loaded(batch[0]), logits, atol=1e-6)
+    methods.save(tmp_path / "m.pt", name, method.settings(params), model)
+    loaded_method, loaded = methods.load(tmp_path / "m.pt", INFO, params.model)
+    assert loaded_method is method
+    assert torch.allclose(loaded.eval()(batch[0]), logits, atol=1e-6)
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert ckpt["method"] == name and ckpt["settings"]["latent_dim" if "impactx" in name else "epochs"]
 
 
 def test_lambda0_control_is_impactx_without_the_map_loss(setup):
-    params, path, maps, labels, batch = setup
-    model = methods.build("impactx_lambda0", params, INFO, path, maps, labels)
-    losses = methods.step("impactx_lambda0", params)(model, *batch)
+    params, stage1, batch = setup
+    control = methods.get("impactx_lambda0")
+    assert control.settings(params).lambda_ == 0.0 and params.impactx.lambda_ == 1.0
+    assert control.settings(params).model_dump(exclude={"lambda_"}) == params.impactx.model_dump(exclude={"lambda_"})
+    model = methods.build("impactx_lambda0", stage1, params)
+    losses = model.loss(*batch)
     assert torch.equal(losses["loss"], losses["ce"]) and losses["mse"] > 0
     losses["loss"].backward()
     assert all(p.grad is None or not p.grad.any() for p in model.decoder.parameters())  # D learns nothing
-    full = methods.step("impactx", params)(model, *batch)
+    full = methods.build("impactx", stage1, params).loss(*batch)
     assert torch.allclose(full["loss"], full["ce"] + params.impactx.lambda_ * full["mse"])
 
 
 def test_abn_attention_weights_the_perception_branch(setup):
-    params, path, maps, labels, batch = setup
-    model = methods.build("abn", params, INFO, path, maps, labels).eval()
+    params, stage1, batch = setup
+    model = methods.build("abn", stage1, params).eval()
     x = batch[0]
     logits, att_logits, att = model.branches(x)
     g = model.backbone.stem(model.normalize(x))
     assert att.shape == (6, 1, *g.shape[2:]) and (att > 0).all() and (att < 1).all()
     assert torch.allclose(logits, model.backbone.head(model.backbone.trunk(g * (1 + att))))
-    losses = methods.step("abn", params)(model, *batch)
+    losses = model.loss(*batch)
     assert torch.allclose(losses["loss"], F.cross_entropy(logits, batch[1]) + F.cross_entropy(att_logits, batch[1]))
     _, explanation = model.explain(x)
     assert explanation.min() >= 0 and explanation.max() <= 1  # the attention map, upsampled
 
 
 def test_wae_feeds_the_probability_weighted_class_mean_map(setup):
-    params, path, maps, labels, batch = setup
-    model = methods.build("wae", params, INFO, path, maps, labels)
-    means = class_mean_maps(maps, labels, 4)
+    params, stage1, batch = setup
+    model = methods.build("wae", stage1, params)
+    means = class_mean_maps(stage1.maps, stage1.labels, 4)
     for k in range(4):
-        assert torch.allclose(means[k], torch.from_numpy(maps[labels == k].mean(0)))
+        assert torch.allclose(means[k], torch.from_numpy(stage1.maps[stage1.labels == k].mean(0)))
     a_before = {k: v.clone() for k, v in model.a.state_dict().items()}
-    train_one_step(model, methods.step("wae", params), batch)
+    train_one_step(model, batch)
     assert all(torch.equal(v, model.a.state_dict()[k]) for k, v in a_before.items())  # A stays frozen
     model.eval()
     x = batch[0]
@@ -88,3 +110,23 @@ def test_wae_feeds_the_probability_weighted_class_mean_map(setup):
     _, e = model.explain(x)
     assert torch.allclose(e, torch.einsum("nk,kchw->nchw", p, means), atol=1e-6)
     assert not torch.equal(model.backbone.stem[0].weight, model.a.stem[0].weight)  # its own copy trained
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "efficientnet_b2"])
+def test_every_method_on_torchvision_backbones(tmp_path, backbone):
+    """Each method builds, trains a step, explains and reloads on the torchvision backbones (no weights)."""
+    torch.manual_seed(0)
+    params = parse_params({"model": {"backbone": backbone}, "impactx": {"latent_dim": 16}})
+    path = tmp_path / "baseline.pt"
+    methods.save(path, "baseline", params.finetune, methods.build("baseline", Stage1(INFO, params.model), params))
+    maps, labels = np.zeros((4, 3, 32, 32), np.float32), np.arange(4)
+    batch = torch.rand(4, 3, 32, 32), torch.arange(4), torch.rand(4, 3, 32, 32)
+    for name in methods.names(controls=False):
+        method = methods.get(name)
+        model = methods.build(name, Stage1(INFO, params.model, path, maps, labels), params)
+        train_one_step(model, batch)
+        logits, explanation = model.eval().explain(batch[0])
+        assert logits.shape == (4, 4) and explanation.shape == (4, 3, 32, 32), name
+        methods.save(tmp_path / f"{name}.pt", name, method.settings(params), model)
+        _, loaded = methods.load(tmp_path / f"{name}.pt", INFO, params.model)
+        assert torch.allclose(loaded.eval()(batch[0]), logits, atol=1e-5), name

@@ -1,43 +1,66 @@
-"""End to end: the whole `dvc repro` on tiny params (two seeds, every method) in a temporary repo copy."""
+"""End to end: the whole `dvc repro` on tiny params (two seeds, every method and the control) in a
+temporary copy of the repo; then what a change re-runs, and a method added by one module and its params."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
-from conftest import run, tiny_project
+import yaml
+from conftest import REPO, run, set_params, tiny_project
 
-METHODS = ["impactx", "impactx_lambda0", "abn", "wae"]
+METHODS = ["impactx", "abn", "wae"]
+ROWS = ["baseline", "impactx", "impactx_lambda0", "abn", "wae"]
 SEEDS = [0, 1]
+
+
+def train_stage(method: str, seed: int) -> str:
+    if method == "baseline":
+        return f"finetune@{seed}"
+    return f"train_control@{method}-{seed}" if method == "impactx_lambda0" else f"train@{method}-{seed}"
+
+
+def evaluate_stage(method: str) -> str:
+    kind = {"baseline": "_baseline", "impactx_lambda0": "_control"}.get(method, "")
+    return f"evaluate{kind}@{method}"
+
+
 STAGES = (
     ["fetch_data"]
-    + [f"{s}@{seed}" for s in ("finetune", "shap") for seed in SEEDS]
-    + [f"{s}@{m}-{seed}" for s in ("train", "evaluate") for m in METHODS for seed in SEEDS]
-    + [f"evaluate_baseline@{seed}" for seed in SEEDS]
+    + [f"shap@{s}" for s in SEEDS]
+    + [train_stage(m, s) for m in ROWS for s in SEEDS]
+    + [evaluate_stage(m) for m in ROWS]
     + ["compare"]
 )
+
+
+def ran(out: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", out)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tiny_project(tmp_path_factory.mktemp("project"))
     first = run(["dvc", "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "results"], root)
     return root, first
 
 
 @pytest.mark.e2e
 def test_repro_runs_every_method_and_seed_and_writes_table2(project):
     root, first = project
-    assert [s for s in STAGES if f"Running stage '{s}'" not in first.stdout] == []
+    assert sorted(ran(first.stdout)) == sorted(STAGES)
     for seed in SEEDS:
         maps = np.load(root / f"shap/seed{seed}/maps.npy")
         assert maps.shape == (96, 3, 32, 32) and np.abs(maps).max() > 0
-        for m in ["baseline", *METHODS]:
+        for m in ROWS:
             assert (root / f"models/{m}/seed{seed}.pt").stat().st_size > 0
     table = json.loads((root / "metrics/comparison.json").read_text())
-    assert list(table) == ["baseline", *METHODS]
+    assert list(table) == ROWS
     for m, row in table.items():
-        assert row["seeds"] == SEEDS
+        assert row["seeds"] == len(SEEDS)
         for stat in ("test_accuracy", "val_accuracy", "aopc", "aopc_random"):
             per_seed = [json.loads((root / f"results/{m}/seed{s}.json").read_text())[stat] for s in SEEDS]
             assert row[stat]["mean"] == pytest.approx(np.mean(per_seed))
@@ -47,30 +70,31 @@ def test_repro_runs_every_method_and_seed_and_writes_table2(project):
     for label in ("Baseline A", "IMPACTX", "IMPACTX, λ = 0 (control)", "ABN", "WAE"):
         assert f"| {label} | " in md
     rows = json.loads((root / "plots/morf.json").read_text())
-    assert len(rows) == 5 and set(rows[0]) == {"fraction", "baseline", *METHODS, "random"}
+    assert {r["method"] for r in rows} == {"Baseline A", "IMPACTX", "IMPACTX, λ = 0 (control)", "ABN", "WAE", "random maps"}
+    assert len(rows) == 6 * 5 and set(rows[0]) == {"method", "fraction", "probability"}
     for fig in ("figures/explanations.png", "figures/morf.png"):
         assert (root / fig).stat().st_size > 0
     assert "MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db" in first.stdout
     assert not list(root.glob(".shap_work/*"))  # shards are removed once maps.npy is in place
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], root).stdout)
     assert "metrics/comparison.json" in json.dumps(shown)
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], root).stdout)
+    assert len(plots["data"]) == 1, list(plots["data"])  # one plot: no stray second definition
+    assert "probability of the predicted class" in json.dumps(plots)  # the template's labelled y axis
 
 
 @pytest.mark.e2e
 def test_stage2_shares_stage1_and_shap_of_its_seed(project):
     root, _ = project
-    lock = (root / "dvc.lock").read_text()
-    import yaml
-
-    stages = yaml.safe_load(lock)["stages"]
+    stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     for seed in SEEDS:
         shap_md5 = next(o["md5"] for o in stages[f"shap@{seed}"]["outs"] if o["path"].endswith("maps.npy"))
         base_md5 = stages[f"finetune@{seed}"]["outs"][0]["md5"]
-        for m in METHODS:
-            deps = {d["path"]: d["md5"] for d in stages[f"train@{m}-{seed}"]["deps"]}
+        for m in ["impactx", "impactx_lambda0", "abn", "wae"]:
+            deps = {d["path"]: d["md5"] for d in stages[train_stage(m, seed)]["deps"]}
             assert deps[f"shap/seed{seed}/maps.npy"] == shap_md5 and deps[f"models/baseline/seed{seed}.pt"] == base_md5
-    impactx = torch.load(root / "models/impactx/seed0.pt")
-    baseline = torch.load(root / "models/baseline/seed0.pt")
+    impactx = torch.load(root / "models/impactx/seed0.pt")["state_dict"]
+    baseline = torch.load(root / "models/baseline/seed0.pt")["state_dict"]
     assert torch.equal(impactx["m.stem.0.weight"], baseline["backbone.stem.0.weight"])  # M is stage 1's, frozen
 
 
@@ -86,26 +110,21 @@ def test_mlflow_runs_are_tagged_and_registered(project):
     by_stage = {r.data.tags.get("dvc_stage"): r for r in runs}
     assert set(STAGES) <= set(by_stage)
     assert len({r.data.tags["mlflow.parentRunId"] for s, r in by_stage.items() if s in STAGES}) == 1
-    for m in ["baseline", *METHODS]:
+    for m in ROWS:
         for seed in SEEDS:
-            stage = f"evaluate_baseline@{seed}" if m == "baseline" else f"evaluate@{m}-{seed}"
-            r = client.search_runs(
-                [exp.experiment_id], f"tags.method = '{m}' and tags.seed = '{seed}' and tags.dvc_stage LIKE 'evaluate%'"
-            )
-            assert len(r) == 1, (m, seed)
-            tags = r[0].data.tags
-            assert (tags["dataset"], tags["backbone"]) == ("digits", "lenet5")
-            assert {"test_accuracy", "val_accuracy", "aopc", "aopc_random"} <= set(r[0].data.metrics), stage
-    finetune = by_stage["finetune@0"]
-    assert len(client.get_metric_history(finetune.info.run_id, "val_accuracy")) == 2  # per epoch
+            found = client.search_runs([exp.experiment_id], f"tags.dvc_stage = '{evaluate_stage(m)}' and tags.seed = '{seed}'")
+            assert len(found) == 1, (m, seed)
+            r = found[0]
+            assert (r.data.tags["method"], r.data.tags["dataset"], r.data.tags["backbone"]) == (m, "digits", "lenet5")
+            assert {"test_accuracy", "val_accuracy", "aopc", "aopc_random"} <= set(r.data.metrics)
+    assert by_stage[train_stage("impactx_lambda0", 0)].data.params["effective.lambda"] == "0.0"
+    assert len(client.get_metric_history(by_stage["finetune@0"].info.run_id, "val_accuracy")) == 2  # per epoch
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    for m in ["baseline", *METHODS]:
+    for m in ROWS:
         name = f"digits-lenet5-{m}"
         champ = client.get_model_version_by_alias(name, "champion")
-        best = max(
-            json.loads((root / f"results/{m}/seed{s}.json").read_text())["val_accuracy"] for s in SEEDS
-        )  # picked by validation accuracy, never by test
-        assert float(champ.tags["val_accuracy"]) == pytest.approx(best, abs=1e-6)
+        best = max(json.loads((root / f"results/{m}/seed{s}.json").read_text())["val_accuracy"] for s in SEEDS)
+        assert float(champ.tags["val_accuracy"]) == pytest.approx(best, abs=1e-6)  # by validation, never test
         out = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(np.random.rand(2, 3, 32, 32).astype(np.float32))
         assert np.asarray(out).shape == (2, 10)
     impactx = mlflow.pytorch.load_model("models:/digits-lenet5-impactx@champion")
@@ -116,8 +135,43 @@ def test_mlflow_runs_are_tagged_and_registered(project):
 @pytest.mark.e2e
 def test_second_repro_is_a_noop(project):
     root, _ = project
-    again = run(["dvc", "repro"], root)
-    assert "Running stage" not in again.stdout
+    assert ran(run(["dvc", "repro"], root).stdout) == []
+
+
+def changed_stages(root) -> set[str]:
+    return set(json.loads(run(["dvc", "status", "--json"], root).stdout))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({"impactx": {"lambda": 0.4}}, {"train@impactx-0", "train@impactx-1"}),  # not the control
+        ({"impactx": {"epochs": 3}}, {"train@impactx-0", "train@impactx-1", "train_control@impactx_lambda0-0",
+                                      "train_control@impactx_lambda0-1"}),  # fmt: skip  the control shares these
+        ({"abn": {"lr": 0.01}}, {"train@abn-0", "train@abn-1"}),
+        ({"wae": {"batch_size": 16}}, {"train@wae-0", "train@wae-1"}),
+        ({"finetune": {"epochs": 3}}, {"finetune@0", "finetune@1"}),
+    ],
+)
+def test_a_method_setting_changes_only_that_methods_stages(project, change, expected):
+    root, _ = project
+    good = (root / "params.yaml").read_text()
+    try:
+        set_params(root, **change)
+        assert changed_stages(root) == expected
+    finally:
+        (root / "params.yaml").write_text(good)
+    assert changed_stages(root) == set()
+
+
+@pytest.mark.e2e
+def test_lambda_experiment_reruns_impactx_and_compare_only(project):
+    root, _ = project
+    exp = run(["dvc", "exp", "run", "-S", "impactx.lambda=0.4"], root)
+    assert sorted(ran(exp.stdout)) == ["compare", "evaluate@impactx", "train@impactx-0", "train@impactx-1"]
+    run(["git", "checkout", "--", "."], root)  # back to the committed params and results
+    run(["dvc", "checkout"], root)
 
 
 @pytest.mark.e2e
@@ -132,31 +186,24 @@ def test_bad_params_fail_in_one_line_and_leave_stage_undone(project):
         assert "changed" in run(["dvc", "status", "finetune@0"], root).stdout
     finally:
         (root / "params.yaml").write_text(good)
-    assert "Running stage" not in run(["dvc", "repro"], root).stdout
+
+
+def readme_method_example() -> str:
+    """The Python block of the README's "Adding a method" section."""
+    section = (REPO / "README.md").read_text().split("### Adding a method", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 @pytest.mark.e2e
-def test_lambda_experiment_reruns_stage_two_only(project):
+def test_the_readmes_method_example_is_one_module_and_its_params(project):
     root, _ = project
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "results"], root)
-    exp = run(["dvc", "exp", "run", "-S", "impactx.lambda=0.4", "-S", "methods=[impactx]"], root)
-    ran = [s for s in STAGES if f"Running stage '{s}'" in exp.stdout]
-    assert ran == ["train@impactx-0", "train@impactx-1", "evaluate@impactx-0", "evaluate@impactx-1", "compare"]
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("backbone", ["mobilenet_v2", "efficientnet_b2"])
-def test_torchvision_backbones_end_to_end_without_pretrained_weights(tmp_path, backbone):
-    root = tiny_project(tmp_path, seeds=[0], model={"backbone": backbone, "pretrained": False})
+    (root / "impactx/methods/smooth.py").write_text(readme_method_example())
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    set_params(root, methods=[*params["methods"], "smooth"], smooth={"epochs": 2, "batch_size": 32, "smoothing": 0.2})
     out = run(["dvc", "repro"], root)
-    assert "Running stage 'compare'" in out.stdout
+    assert sorted(ran(out.stdout)) == ["compare", "evaluate@smooth", "train@smooth-0", "train@smooth-1"]  # nothing else
     table = json.loads((root / "metrics/comparison.json").read_text())
-    assert list(table) == ["baseline", *METHODS]
-    assert all(0 <= row["test_accuracy"]["mean"] <= 1 and row["seeds"] == [0] for row in table.values())
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("impactx")
-    runs = client.search_runs([exp.experiment_id], "tags.dvc_stage = 'evaluate@abn-0'")
-    assert runs[0].data.tags["backbone"] == backbone
+    assert list(table) == [*ROWS, "smooth"]
+    assert "| A + label smoothing | " in (root / "metrics/comparison.md").read_text()
+    ckpt = torch.load(root / "models/smooth/seed0.pt")
+    assert ckpt["method"] == "smooth" and ckpt["settings"]["smoothing"] == 0.2

@@ -1,19 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import CPU, tiny_model
 
 import shap
 from impactx import ImpactXError, shap_maps
-from impactx.backbones import build_backbone
-from impactx.model import Classifier
 from impactx.shap_maps import check_masker, compute_maps, local_runner, partition_shap, scale_maps, shap_true_class
-
-CPU = torch.device("cpu")
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return Classifier(build_backbone("lenet5", 3, 4, 16), [0.5] * 3, [0.25] * 3).eval()
 
 
 def test_scale_maps_numpy_and_torch():

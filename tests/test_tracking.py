@@ -5,14 +5,14 @@ from mlflow.tracking import MlflowClient
 
 from impactx import tracking
 from impactx.backbones import build_backbone
-from impactx.config import Params
+from impactx.config import parse_params
 from impactx.model import Classifier
 
 
 @pytest.fixture
 def local_mlflow(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    params = Params.model_validate({"mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}})
+    params = parse_params({"mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}})
     tracking.setup(params)
     return params
 

@@ -15,9 +15,12 @@ import copy
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from impactx.backbones import feature_shape
+from impactx.config import TrainParams
+from impactx.methods import Stage1, register
 from impactx.model import Classifier
 
 
@@ -83,6 +86,16 @@ class WAE(nn.Module):
     def forward(self, x):
         return self.explain(x)[0]
 
+    def loss(self, x, y, r=None) -> dict:
+        return {"loss": F.cross_entropy(self(x), y)}
 
-def build_wae(baseline: Classifier, maps: np.ndarray, labels: np.ndarray, info: dict) -> WAE:
-    return WAE(baseline, class_mean_maps(maps, labels, len(info["classes"])))
+
+@register("wae", label="WAE", map_kind="weighted average explanation e(x)")
+def wae(stage1: Stage1, settings: TrainParams) -> WAE:
+    """On top of the trained A; S_k from the training maps (zeros when loading: the buffer is restored)."""
+    k, shape = stage1.info.num_classes, stage1.info.image_shape
+    if stage1.maps is None:
+        class_maps = torch.zeros(k, *shape)
+    else:
+        class_maps = class_mean_maps(stage1.maps, stage1.labels, k)
+    return WAE(stage1.baseline(), class_maps)

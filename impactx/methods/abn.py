@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from impactx.backbones import feature_shape
+from impactx.config import TrainParams
+from impactx.methods import Stage1, register
 from impactx.model import Classifier
 
 
@@ -58,14 +60,15 @@ class ABN(nn.Module):
     def forward(self, x):
         return self.branches(x)[0]
 
+    def loss(self, x, y, r=None) -> dict:
+        """L = L_per + L_att, both cross-entropy."""
+        logits, att_logits, _ = self.branches(x)
+        per, att = F.cross_entropy(logits, y), F.cross_entropy(att_logits, y)
+        return {"loss": per + att, "per": per, "att": att}
 
-def abn_loss(logits, att_logits, y):
-    """L = L_per + L_att (both cross-entropy); returns (total, per, att) for logging."""
-    per, att = F.cross_entropy(logits, y), F.cross_entropy(att_logits, y)
-    return per + att, per, att
 
-
-def build_abn(baseline: Classifier, info: dict) -> ABN:
-    """ABN around a freshly built baseline (same initial weights as stage 1 for the same seed)."""
-    return ABN(baseline, len(info["classes"]), info["image_shape"])
+@register("abn", label="ABN", map_kind="attention map A(x)")
+def abn(stage1: Stage1, settings: TrainParams) -> ABN:
+    """ABN around a freshly built baseline: the same seeded initial weights as stage 1, not the trained A."""
+    return ABN(stage1.baseline(trained=False), stage1.info.num_classes, stage1.info.image_shape)
 

@@ -1,0 +1,49 @@
+"""dvc.yaml declares exactly the paths impactx.layout gives the stages, and the control's parameters
+are its method's section less the settings it fixes."""
+
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from impactx import layout, methods
+from impactx.config import load_params
+
+
+@pytest.fixture(scope="module")
+def stages():
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        return {s.addressing: s for s in repo.index.stages}
+
+
+def outs(stage) -> list[Path]:
+    return sorted(Path(o.def_path) for o in stage.outs)
+
+
+def test_every_declared_output_is_a_layout_path(stages):
+    params = load_params(REPO / "params.yaml")
+    expected = {"fetch_data": [layout.PREPARED]}
+    for s in params.seeds:
+        expected[f"finetune@{s}"] = [layout.model("baseline", s)]
+        expected[f"shap@{s}"] = [layout.shap_maps(s), layout.shap_meta(s)]
+        for kind, names in (("", params.methods), ("_control", params.controls)):
+            for m in names:
+                expected[f"train{kind}@{m}-{s}"] = [layout.model(m, s)]
+    for kind, names in (("", params.methods), ("_control", params.controls), ("_baseline", ["baseline"])):
+        for m in names:
+            expected[f"evaluate{kind}@{m}"] = [layout.results(m)]
+    expected["compare"] = [*layout.FIGURES.values(), layout.TABLE_MD, layout.MORF_PLOT, layout.TABLE_JSON]
+    assert set(stages) == set(expected)
+    for name, paths in expected.items():
+        assert outs(stages[name]) == sorted(paths), name
+
+
+def test_train_control_depends_on_its_methods_section_less_the_fixed_settings(stages):
+    for name in methods.names(controls=True):
+        control = methods.get(name)
+        fixed = {control.params.model_fields[k].alias or k for k in control.fixed}
+        keys = [f"{control.section}.{f.alias or k}" for k, f in control.params.model_fields.items()]
+        declared = [p for d in stages[f"train_control@{name}-0"].deps if hasattr(d, "params") for p in d.params]
+        assert sorted(declared) == sorted(["model", *(k for k in keys if k.split(".")[1] not in fixed)])

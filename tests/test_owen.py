@@ -1,0 +1,57 @@
+"""The steps of impactx.owen on their own: a round's pops and a popped node's pushes, as shap does them."""
+
+import numpy as np
+
+from impactx.owen import QUEUE_FIELDS, credit_leaves, empty_queue, pop_round, push_children
+
+
+def queue(rows):
+    """rows: (slot, node, prio, tie); mask, lo, hi, w follow the row number so the rows can be traced."""
+    q = empty_queue()
+    for i, (slot, node, prio, tie) in enumerate(rows):
+        row = {"slot": slot, "node": node, "mask": i, "lo": 0.0, "hi": float(i), "w": 1.0, "prio": prio, "tie": tie}
+        q = {k: np.append(q[k], row[k]).astype(q[k].dtype) for k in QUEUE_FIELDS}
+    return q
+
+
+def test_pop_round_takes_each_images_best_nodes_within_its_batch_and_budget():
+    q = queue([
+        (1, 10, -0.5, 0.0),
+        (0, 11, -0.1, 0.0),
+        (0, 12, -0.9, 0.0),
+        (0, 13, -0.9, -1.0),  # same priority as node 12: the smaller tie draw pops first
+        (1, 14, -0.2, 0.0),
+        (0, 15, -0.3, 0.0),
+    ])  # fmt: skip
+    # batch_size 6 → 3 pops per image; image 1 has 2 evaluations left → 1 pop
+    popped, waiting = pop_round(q, evals_left=np.array([100, 2]), batch_size=6)
+    assert popped["slot"].tolist() == [0, 0, 0, 1]  # sorted by image, then in pop order
+    assert popped["node"].tolist() == [13, 12, 15, 10]
+    assert sorted(waiting["node"].tolist()) == [11, 14]
+    assert len(popped["node"]) + len(waiting["node"]) == len(q["node"])
+    odd, _ = pop_round(q, evals_left=np.array([3, 0]), batch_size=6)  # 3 evaluations left: 2 pops (4 masks)
+    assert odd["node"].tolist() == [13, 12]
+
+
+def test_push_children_are_shaps_four_pushes():
+    popped = {"slot": np.array([2]), "node": np.array([40]), "mask": np.array([7]), "lo": np.array([0.1]),
+              "hi": np.array([0.9]), "w": np.array([0.5])}  # fmt: skip
+    ties = np.array([[0.1, 0.2, 0.3, 0.4]])
+    c = push_children(popped, m10=np.array([8]), m01=np.array([9]), f10=np.array([0.6]), f01=np.array([0.2]),
+                      ties=ties, left=np.array([20]), right=np.array([21]))  # fmt: skip
+    assert c["slot"].tolist() == [2, 2, 2, 2]
+    assert c["node"].tolist() == [20, 21, 20, 21]  # (L, m00) (R, m00) (L, m01) (R, m10)
+    assert c["mask"].tolist() == [7, 7, 9, 8]
+    assert np.allclose(c["lo"], [0.1, 0.1, 0.2, 0.6]) and np.allclose(c["hi"], [0.6, 0.2, 0.9, 0.9])
+    assert np.allclose(c["w"], 0.25) and np.array_equal(c["tie"], ties.ravel())
+    assert np.allclose(c["prio"], -np.abs(c["hi"] - c["lo"]) * 0.25)
+
+
+def test_leaves_are_credited_at_once_and_nodes_are_queued():
+    children = {"slot": np.array([0, 0, 1]), "node": np.array([3, 9, 3]), "mask": np.zeros(3, np.int64),
+                "lo": np.array([0.0, 0.0, 0.5]), "hi": np.array([0.4, 1.0, 0.25]), "w": np.array([0.5, 0.5, 2.0]),
+                "prio": np.zeros(3), "tie": np.zeros(3)}  # fmt: skip
+    credit = np.zeros((2, 11))
+    queued = credit_leaves(credit, children, n_features=6)  # nodes 0..5 are pixels (leaves)
+    assert queued["node"].tolist() == [9]
+    assert credit[0, 3] == 0.2 and credit[1, 3] == -0.5 and credit.sum() == 0.2 - 0.5
