@@ -7,6 +7,7 @@ Stages run as `python -m stages.<name>` from the project root, so they import th
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -21,6 +22,19 @@ def run_stage(main) -> None:
     except ImpactXError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(BAD_INPUT)
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """Skip the interpreter's teardown once a stage has written everything: with torch and MLflow loaded
+    it took 0.9 s a stage here. Every output is already closed and renamed (impactx.io) and every MLflow
+    run ended; Prefect (the Dask fan-out) keeps its normal exit, which stops what it started."""
+    if "prefect" in sys.modules:
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def stage_args(description: str, method: bool = False) -> argparse.Namespace:

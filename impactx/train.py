@@ -58,10 +58,9 @@ def predict_logits(model, x: torch.Tensor, device: torch.device) -> torch.Tensor
 
 
 def accuracy(model, split: Split, device: torch.device) -> float:
-    from sklearn.metrics import accuracy_score
-
+    """Fraction of correct argmax predictions (plain numpy: importing sklearn.metrics took 1.2 s a stage)."""
     pred = predict_logits(model, to_float(split.x), device).argmax(1).numpy()
-    return float(accuracy_score(split.y, pred))
+    return float((pred == split.y).mean())
 
 
 EpochHook = Callable[[int, dict], None]
