@@ -44,7 +44,9 @@ def stages(root: Path) -> list[str]:
     order, which is the DAG's order."""
     out = subprocess.run([DVC, "stage", "list", "--name-only"], cwd=root, capture_output=True, text=True)
     if out.returncode:
-        raise BadInput(f"dvc stage list failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+        raise BadInput(
+            f"dvc stage list failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
+        )
     return out.stdout.split()
 
 

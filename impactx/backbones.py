@@ -106,13 +106,17 @@ def imagenet_state_dict(arch: str, params: ModelParams) -> dict:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ImpactXError(f"model.weights_path {path} is not a torch state_dict ({e}): save one with torch.save(model.state_dict())") from None
+            raise ImpactXError(
+                f"model.weights_path {path} is not a torch state_dict ({e}): save one with torch.save(model.state_dict())"
+            ) from None
     enum = get_model_weights(arch)
     try:
         weights = enum[params.weights]
     except KeyError:
         names = [w.name for w in enum] + ["DEFAULT"]
-        raise ImpactXError(f"model.weights '{params.weights}' is not a {enum.__name__} name: use one of {names}") from None
+        raise ImpactXError(
+            f"model.weights '{params.weights}' is not a {enum.__name__} name: use one of {names}"
+        ) from None
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
@@ -128,7 +132,9 @@ def _first_conv_to(features: nn.Sequential, in_channels: int) -> None:
     parent, conv = features[0], features[0][0]
     if conv.in_channels == in_channels:
         return
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    new = nn.Conv2d(
+        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
+    )
     with torch.no_grad():
         new.weight.copy_(conv.weight.mean(1, keepdim=True).expand_as(new.weight))
     parent[0] = new
@@ -145,7 +151,9 @@ def _torchvision_backbone(arch: str, split: int, in_channels, num_classes, image
             net.load_state_dict(imagenet_state_dict(arch, params))
         except RuntimeError as e:
             first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-            raise ImpactXError(f"the weights do not fit torchvision's {arch} ({first}): use a state_dict with its keys") from None
+            raise ImpactXError(
+                f"the weights do not fit torchvision's {arch} ({first}): use a state_dict with its keys"
+            ) from None
     _first_conv_to(net.features, in_channels)
     dropout, fc = net.classifier[0], net.classifier[-1]
     stem = net.features[:split]

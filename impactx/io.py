@@ -39,7 +39,14 @@ def save_json(path: Path, obj) -> None:
 
 
 def save_torch(path: Path, obj) -> None:
-    atomic_write(path, lambda t: torch.save(obj, t))
+    """Through a file handle: given a path, torch writes the (random) temp file's name into the archive,
+    and the same weights would give different bytes, so DVC would re-run everything downstream."""
+
+    def write(tmp: Path):
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write)
 
 
 def save_npz(path: Path, **arrays) -> None:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # runs stay on this machine unless you opt in
 
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+import mlflow
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-from impactx.config import Params  # noqa: E402
+from impactx.config import Params
 
 CHAMPION = "champion"
 FLOW_RUN_ENV = "IMPACTX_PREFECT_FLOW_RUN_ID"  # set by flows/pipeline.py for the stages it runs
@@ -75,7 +75,9 @@ def _parent_run_id(params: Params, experiment_id: str, tags: dict) -> str:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, method: str | None = None, seed: int | None = None, run_name: str | None = None):
+def stage_run(
+    stage: str, params: Params, method: str | None = None, seed: int | None = None, run_name: str | None = None
+):
     """A child run of this configuration's parent run, tagged with the DVC stage, git revision, dataset,
     backbone and, where the stage has them, method and seed (the UI's compare view groups by these)."""
     experiment_id = setup(params)

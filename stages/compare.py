@@ -31,7 +31,9 @@ def main():
         for path in (layout.TABLE_MD, layout.TABLE_JSON, *layout.FIGURES.values()):
             mlflow.log_artifact(str(path))
     print(table)
-    print(f"  table: {layout.TABLE_MD} {layout.TABLE_JSON} (dvc metrics show)   MoRF: {layout.MORF_PLOT} (dvc plots show)")
+    print(
+        f"  table: {layout.TABLE_MD} {layout.TABLE_JSON} (dvc metrics show)   MoRF: {layout.MORF_PLOT} (dvc plots show)"
+    )
     print("  figures: " + " ".join(str(p) for p in layout.FIGURES.values()))
     print(f"  MLflow UI: mlflow ui --backend-store-uri {params.mlflow.tracking_uri}  (http://127.0.0.1:5000)")
 

@@ -23,7 +23,9 @@ def main():
         record, figure_maps = evaluate_run(model, method, seed, ds, params, device)
         save_json(layout.result(name, seed), record)
         save_npz(layout.result_maps(name, seed), maps=figure_maps)
-        with tracking.stage_run(dvc_stage(f"evaluate@{name}"), params, method=name, seed=seed, run_name=f"{name}-seed{seed}"):
+        with tracking.stage_run(
+            dvc_stage(f"evaluate@{name}"), params, method=name, seed=seed, run_name=f"{name}-seed{seed}"
+        ):
             tracking.log_params_section(params, "model", "evaluate")
             tracking.log_evaluation(model, record, ds, params, device)
         print(

@@ -2,10 +2,10 @@
 image, in resumable shards. Every method of that seed trains on these maps."""
 
 import time
+from importlib.metadata import version
 
 import mlflow
 
-import shap
 from impactx import data, layout, methods, shap_maps, tracking
 from impactx.cli import run_stage, stage_args
 from impactx.config import load_params
@@ -39,7 +39,7 @@ def main():
         rate = len(maps) * p.max_evals / seconds
         meta = {
             "explainer": "impactx.shap_maps.partition_shap (values of shap.PartitionExplainer)",
-            "shap_version": shap.__version__,
+            "shap_version": version("shap"),
             "tie_break_seed": "np.random.RandomState([seed, image index])",
             "masker": p.masker,
             "max_evals": p.max_evals,
@@ -54,7 +54,9 @@ def main():
         shap_maps.save_maps(maps, meta, seed)
         mlflow.log_metrics({"seconds": seconds, "images": len(maps), "evals_per_s": rate})
     shap_maps.discard_work(work)
-    print(f"shap: {len(maps)} maps ({p.masker}, max_evals={p.max_evals}) in {seconds:.1f}s ({rate:,.0f} evals/s) -> {layout.shap_maps(seed)}")
+    print(
+        f"shap: {len(maps)} maps ({p.masker}, max_evals={p.max_evals}) in {seconds:.1f}s ({rate:,.0f} evals/s) -> {layout.shap_maps(seed)}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,17 @@ from impactx.data import DatasetInfo
 from impactx.model import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
-TRACKED = ["dvc.yaml", "params.yaml", "stages", "impactx", "flows", ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore"]
+TRACKED = [
+    "dvc.yaml",
+    "params.yaml",
+    "stages",
+    "impactx",
+    "flows",
+    ".dvc/config",
+    ".dvc/plots",
+    ".dvcignore",
+    ".gitignore",
+]
 TINY = {
     "seeds": [0, 1],
     "data": {"train_limit": 96, "test_limit": 48},

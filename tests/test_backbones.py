@@ -41,7 +41,9 @@ def test_weights_from_a_local_state_dict_file(tmp_path, no_network):
     reference = torchvision.models.mobilenet_v2()  # torchvision's keys, ImageNet's 1000-class head
     path = tmp_path / "mobilenet_v2.pth"
     torch.save(reference.state_dict(), path)
-    net = build_backbone("mobilenet_v2", 3, 10, 32, ModelParams(backbone="mobilenet_v2", pretrained=True, weights_path=str(path)))
+    net = build_backbone(
+        "mobilenet_v2", 3, 10, 32, ModelParams(backbone="mobilenet_v2", pretrained=True, weights_path=str(path))
+    )
     assert torch.equal(net.stem[0][0].weight, reference.features[0][0].weight)
     assert torch.equal(net.trunk[0][-1][0].weight, reference.features[-1][0].weight)
     assert net.head.out_features == 10
@@ -59,8 +61,14 @@ def test_offline_without_weights_is_one_line_naming_the_file(no_network):
     "params,expected",
     [
         (ModelParams(backbone="lenet5", pretrained=True), "lenet5 has no pretrained weights"),
-        (ModelParams(backbone="mobilenet_v2", pretrained=True, weights="IMAGENET9K"), "not a MobileNet_V2_Weights name"),
-        (ModelParams(backbone="mobilenet_v2", pretrained=True, weights_path="nope.pth"), "model.weights_path nope.pth not found"),
+        (
+            ModelParams(backbone="mobilenet_v2", pretrained=True, weights="IMAGENET9K"),
+            "not a MobileNet_V2_Weights name",
+        ),
+        (
+            ModelParams(backbone="mobilenet_v2", pretrained=True, weights_path="nope.pth"),
+            "model.weights_path nope.pth not found",
+        ),
         (ModelParams(backbone="resnet"), "unknown backbone 'resnet'"),
     ],
 )
@@ -73,4 +81,6 @@ def test_weights_that_do_not_fit_are_one_line(tmp_path, no_network):
     path = tmp_path / "wrong.pth"
     torch.save({"features.0.0.weight": torch.zeros(1)}, path)
     with pytest.raises(ImpactXError, match="do not fit torchvision's mobilenet_v2"):
-        build_backbone("mobilenet_v2", 3, 10, 32, ModelParams(backbone="mobilenet_v2", pretrained=True, weights_path=str(path)))
+        build_backbone(
+            "mobilenet_v2", 3, 10, 32, ModelParams(backbone="mobilenet_v2", pretrained=True, weights_path=str(path))
+        )

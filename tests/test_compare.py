@@ -21,10 +21,17 @@ def test_summary_is_mean_and_sample_std_per_method_in_table_order():
     assert s["baseline"]["test_accuracy"]["mean"] == pytest.approx(0.65)
     assert s["baseline"]["test_accuracy"]["std"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
     numbers = json.dumps(s)
-    assert all(isinstance(v, (int, float)) or v is None for m in s.values() for x in m.values()
-               for v in (x.values() if isinstance(x, dict) else [x])), numbers  # fmt: skip  (a DVC metric)
+    assert all(
+        isinstance(v, (int, float)) or v is None
+        for m in s.values()
+        for x in m.values()
+        for v in (x.values() if isinstance(x, dict) else [x])
+    ), numbers  # fmt: skip  (a DVC metric)
     md = compare.markdown(s, "toy", [0, 1])
-    assert "| Baseline A | 0.6500 ± 0.0707 | 0.6400 ± 0.0707 | 0.3000 ± 0.0000 | 0.1000 ± 0.0000 | SHAP of A, post hoc |" in md
+    assert (
+        "| Baseline A | 0.6500 ± 0.0707 | 0.6400 ± 0.0707 | 0.3000 ± 0.0000 | 0.1000 ± 0.0000 | SHAP of A, post hoc |"
+        in md
+    )
     assert "| WAE |" in md and "seeds [0, 1]" in md
 
 

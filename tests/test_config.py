@@ -34,9 +34,15 @@ def test_repo_params_are_valid():
         ("seeds: [0, 0]\n", "seeds: Value error, has a repeated entry"),
         ("seeds: []\n", "seeds: List should have at least 1 item"),
         ("methods: [baseline, abn]\n", "methods: Value error, the baseline always runs"),
-        ("methods: [abn, gradcam]\n", r"methods: Value error, 'gradcam' is not a stage-2 method: use one of \['abn', 'impactx', 'wae'\]"),
+        (
+            "methods: [abn, gradcam]\n",
+            r"methods: Value error, 'gradcam' is not a stage-2 method: use one of \['abn', 'impactx', 'wae'\]",
+        ),
         ("methods: [impactx_lambda0]\n", r"'impactx_lambda0' is not a stage-2 method"),
-        ("controls: [abn]\n", r"controls: Value error, 'abn' is not a control: use one of \['impactx_lambda0'\] or \[\]"),
+        (
+            "controls: [abn]\n",
+            r"controls: Value error, 'abn' is not a control: use one of \['impactx_lambda0'\] or \[\]",
+        ),
         ("impactx:\n  lambda: one\n", r"impactx.lambda: .*valid number.*'one'"),
         ("abn:\n  latent_dim: 8\n", "unknown key 'abn.latent_dim'"),
         ("foo: 1\n", "unknown key 'foo'"),

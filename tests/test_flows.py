@@ -34,7 +34,9 @@ def test_overrides_are_written_as_dvc_exp_run_would(tmp_path):
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert params["impactx"]["lambda"] == 0.4 and params["shap"]["masker"] == "blur(4,4)"
     assert params["data"]["path"] is None and params["mlflow"]["register_models"] is False
-    assert "# the baseline's post-hoc SHAP maps" in (tmp_path / "params.yaml").read_text()  # comments survive, as with dvc exp run
+    assert (
+        "# the baseline's post-hoc SHAP maps" in (tmp_path / "params.yaml").read_text()
+    )  # comments survive, as with dvc exp run
 
 
 @pytest.mark.e2e

@@ -130,3 +130,12 @@ def test_every_method_on_torchvision_backbones(tmp_path, backbone):
         methods.save(tmp_path / f"{name}.pt", name, method.settings(params), model)
         _, loaded = methods.load(tmp_path / f"{name}.pt", INFO, params.model)
         assert torch.allclose(loaded.eval()(batch[0]), logits, atol=1e-5), name
+
+
+def test_checkpoints_of_the_same_weights_are_the_same_bytes(setup, tmp_path):
+    params, stage1, _ = setup
+    model = methods.build("impactx", stage1, params)
+    settings = methods.get("impactx").settings(params)
+    methods.save(tmp_path / "a.pt", "impactx", settings, model)
+    methods.save(tmp_path / "b.pt", "impactx", settings, model)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()  # DVC sees no change

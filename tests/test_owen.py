@@ -55,3 +55,18 @@ def test_leaves_are_credited_at_once_and_nodes_are_queued():
     queued = credit_leaves(credit, children, n_features=6)  # nodes 0..5 are pixels (leaves)
     assert queued["node"].tolist() == [9]
     assert credit[0, 3] == 0.2 and credit[1, 3] == -0.5 and credit.sum() == 0.2 - 0.5
+
+
+def test_partition_tree_is_cached_per_shape_and_rebuilt_when_unreadable(tmp_path, monkeypatch):
+    from impactx.owen import PartitionTree
+
+    monkeypatch.setenv("IMPACTX_CACHE", str(tmp_path))
+    built = PartitionTree(3, 8, 8)
+    (cached,) = tmp_path.glob("partition-shap*-3x8x8.npz")
+    loaded = PartitionTree(3, 8, 8)
+    for name in ("left", "right", "size", "indptr", "indices_chw"):
+        assert np.array_equal(getattr(built, name), getattr(loaded, name)), name
+    assert (built.members_t != loaded.members_t).nnz == 0
+    cached.write_bytes(b"truncated")
+    again = PartitionTree(3, 8, 8)
+    assert np.array_equal(again.indices_chw, built.indices_chw) and cached.stat().st_size > 100

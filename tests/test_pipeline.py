@@ -70,7 +70,14 @@ def test_repro_runs_every_method_and_seed_and_writes_table2(project):
     for label in ("Baseline A", "IMPACTX", "IMPACTX, λ = 0 (control)", "ABN", "WAE"):
         assert f"| {label} | " in md
     rows = json.loads((root / "plots/morf.json").read_text())
-    assert {r["method"] for r in rows} == {"Baseline A", "IMPACTX", "IMPACTX, λ = 0 (control)", "ABN", "WAE", "random maps"}
+    assert {r["method"] for r in rows} == {
+        "Baseline A",
+        "IMPACTX",
+        "IMPACTX, λ = 0 (control)",
+        "ABN",
+        "WAE",
+        "random maps",
+    }
     assert len(rows) == 6 * 5 and set(rows[0]) == {"method", "fraction", "probability"}
     for fig in ("figures/explanations.png", "figures/morf.png"):
         assert (root / fig).stat().st_size > 0
@@ -112,7 +119,9 @@ def test_mlflow_runs_are_tagged_and_registered(project):
     assert len({r.data.tags["mlflow.parentRunId"] for s, r in by_stage.items() if s in STAGES}) == 1
     for m in ROWS:
         for seed in SEEDS:
-            found = client.search_runs([exp.experiment_id], f"tags.dvc_stage = '{evaluate_stage(m)}' and tags.seed = '{seed}'")
+            found = client.search_runs(
+                [exp.experiment_id], f"tags.dvc_stage = '{evaluate_stage(m)}' and tags.seed = '{seed}'"
+            )
             assert len(found) == 1, (m, seed)
             r = found[0]
             assert (r.data.tags["method"], r.data.tags["dataset"], r.data.tags["backbone"]) == (m, "digits", "lenet5")
@@ -125,7 +134,9 @@ def test_mlflow_runs_are_tagged_and_registered(project):
         champ = client.get_model_version_by_alias(name, "champion")
         best = max(json.loads((root / f"results/{m}/seed{s}.json").read_text())["val_accuracy"] for s in SEEDS)
         assert float(champ.tags["val_accuracy"]) == pytest.approx(best, abs=1e-6)  # by validation, never test
-        out = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(np.random.rand(2, 3, 32, 32).astype(np.float32))
+        out = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(
+            np.random.rand(2, 3, 32, 32).astype(np.float32)
+        )
         assert np.asarray(out).shape == (2, 10)
     impactx = mlflow.pytorch.load_model("models:/digits-lenet5-impactx@champion")
     logits, explanation = impactx.explain(torch.rand(2, 3, 32, 32))  # class and map in one pass
@@ -138,6 +149,9 @@ def test_second_repro_is_a_noop(project):
     assert ran(run(["dvc", "repro"], root).stdout) == []
 
 
+CONTROL = {"train_control@impactx_lambda0-0", "train_control@impactx_lambda0-1"}
+
+
 def changed_stages(root) -> set[str]:
     return set(json.loads(run(["dvc", "status", "--json"], root).stdout))
 
@@ -147,8 +161,7 @@ def changed_stages(root) -> set[str]:
     "change,expected",
     [
         ({"impactx": {"lambda": 0.4}}, {"train@impactx-0", "train@impactx-1"}),  # not the control
-        ({"impactx": {"epochs": 3}}, {"train@impactx-0", "train@impactx-1", "train_control@impactx_lambda0-0",
-                                      "train_control@impactx_lambda0-1"}),  # fmt: skip  the control shares these
+        ({"impactx": {"epochs": 3}}, {"train@impactx-0", "train@impactx-1", *CONTROL}),  # the control shares it
         ({"abn": {"lr": 0.01}}, {"train@abn-0", "train@abn-1"}),
         ({"wae": {"batch_size": 16}}, {"train@wae-0", "train@wae-1"}),
         ({"finetune": {"epochs": 3}}, {"finetune@0", "finetune@1"}),

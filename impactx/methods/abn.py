@@ -71,4 +71,3 @@ class ABN(nn.Module):
 def abn(stage1: Stage1, settings: TrainParams) -> ABN:
     """ABN around a freshly built baseline: the same seeded initial weights as stage 1, not the trained A."""
     return ABN(stage1.baseline(trained=False), stage1.info.num_classes, stage1.info.image_shape)
-
