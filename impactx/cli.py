@@ -37,12 +37,13 @@ def _exit_now() -> None:
     os._exit(0)
 
 
-def stage_args(description: str, method: bool = False) -> argparse.Namespace:
-    """`<stage> [method] seed`, as dvc.yaml's foreach/matrix stages call them."""
+def stage_args(description: str, method: bool = False, seed: bool = True) -> argparse.Namespace:
+    """`<stage> [method] [seed]`, as dvc.yaml's foreach/matrix stages call them."""
     ap = argparse.ArgumentParser(description=description)
     if method:
         ap.add_argument("method")
-    ap.add_argument("seed", type=int)
+    if seed:
+        ap.add_argument("seed", type=int)
     return ap.parse_args()
 
 

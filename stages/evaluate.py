@@ -1,10 +1,8 @@
 """DVC stage evaluate@<method>: for every seed, accuracy and MoRF/AOPC of the method's own maps (the
 baseline's: SHAP of A, post hoc), the MLflow model and the registry (champion by validation accuracy)."""
 
-import argparse
-
 from impactx import data, layout, methods, tracking
-from impactx.cli import dvc_stage, run_stage
+from impactx.cli import dvc_stage, run_stage, stage_args
 from impactx.config import load_params
 from impactx.evaluation import evaluate_run
 from impactx.io import save_json, save_npz
@@ -12,9 +10,7 @@ from impactx.train import resolve_device
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("method")
-    name = ap.parse_args().method
+    name = stage_args(__doc__, method=True, seed=False).method
     params = load_params()
     ds = data.load(layout.PREPARED)
     device = resolve_device(params.device)

@@ -218,5 +218,7 @@ def test_the_readmes_method_example_is_one_module_and_its_params(project):
     table = json.loads((root / "metrics/comparison.json").read_text())
     assert list(table) == [*ROWS, "smooth"]
     assert "| A + label smoothing | " in (root / "metrics/comparison.md").read_text()
+    plot = run(["dvc", "plots", "show", "--json"], root).stdout  # the plot follows the methods that ran
+    assert "A + label smoothing" in plot and "could not find" not in plot
     ckpt = torch.load(root / "models/smooth/seed0.pt")
     assert ckpt["method"] == "smooth" and ckpt["settings"]["smoothing"] == 0.2
