@@ -33,6 +33,7 @@ def test_repo_params_are_valid():
         ("seed: [1\n", "not valid YAML"),
         ("seeds: [0, 0]\n", "seeds: Value error, has a repeated entry"),
         ("seeds: []\n", "seeds: List should have at least 1 item"),
+        ("seeds: [-1]\n", "seeds: Value error, seeds must be non-negative integers"),
         ("methods: [baseline, abn]\n", "methods: Value error, the baseline always runs"),
         (
             "methods: [abn, gradcam]\n",
