@@ -17,17 +17,77 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None}
 
 
+def paired(a: dict[int, float], b: dict[int, float]) -> dict:
+    """Mean of the per-seed differences a − b over the seeds both have, with the half-width of its 95%
+    t-interval (null below two seeds)."""
+    from scipy import stats
+
+    d = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))], dtype=np.float64)
+    n = len(d)
+    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else None
+    return {"mean": float(d.mean()), "ci95": half, "n": n}
+
+
+def _per_seed(records: list[dict], method: str, key) -> dict[int, float]:
+    return {r["seed"]: key(r) for r in records if r["method"] == method}
+
+
 def summarize(records: list[dict], order: list[str]) -> dict:
-    """{method: {test_accuracy/val_accuracy/aopc/aopc_random: {"mean", "std"}, "seeds": n}}, in `order`:
-    numbers only (the DVC metric). Labels and map kinds are in the Markdown table."""
+    """Per method, in `order`: mean ± std over seeds of STATS, the training budget (best and last epoch),
+    and paired differences over seeds: test accuracy against the baseline and against the method's
+    control, and its own map's AOPC against random maps on the same model. Numbers only (the DVC
+    metric); labels, map kinds and verdicts are in the Markdown table."""
     by_method: dict[str, list[dict]] = {}
     for r in records:
         by_method.setdefault(r["method"], []).append(r)
     out = {}
-    for method in [m for m in order if m in by_method]:
-        rs = by_method[method]
-        out[method] = {k: mean_std([r[k] for r in rs]) for k in STATS} | {"seeds": len(rs)}
+    for name in [m for m in order if m in by_method]:
+        rs = by_method[name]
+        out[name] = {k: mean_std([r[k] for r in rs]) for k in STATS} | {"seeds": len(rs)}
+        for k in ("best_epoch", "epochs_run"):
+            if all(k in r.get("training", {}) for r in rs):
+                out[name][k] = mean_std([r["training"][k] for r in rs])
+        acc = _per_seed(records, name, lambda r: r["test_accuracy"])
+        for other in _references(name, by_method):
+            out[name][f"test_accuracy_minus_{other}"] = paired(
+                acc, _per_seed(records, other, lambda r: r["test_accuracy"])
+            )
+        out[name]["aopc_minus_random"] = paired(
+            _per_seed(records, name, lambda r: r["aopc"]), _per_seed(records, name, lambda r: r["aopc_random"])
+        )
     return out
+
+
+def _references(name: str, present) -> list[str]:
+    """What a method's accuracy is paired against: the baseline, and the controls of it that ran."""
+    if methods.get(name).stage == 1:
+        return []
+    controls = [c for c in present if methods.get(c).control_of == name]
+    return [m for m in ["baseline", *controls] if m in present]
+
+
+def _verdict(p: dict, scale: float, unit: str, higher: str, lower: str) -> str:
+    mean = p["mean"] * scale
+    if p["ci95"] is None:
+        return f"{mean:+.{2 if scale == 1 else 1}f}{unit} (1 seed): no interval"
+    half = p["ci95"] * scale
+    word = higher if mean - half > 0 else lower if mean + half < 0 else "not distinguishable"
+    digits = 3 if scale == 1 else 1
+    return f"{mean:+.{digits}f} ± {half:.{digits}f}{unit} ({p['n']} seeds): {word}"
+
+
+def verdicts(summary: dict) -> list[str]:
+    """One plain sentence per claim: paired differences over seeds with their 95% intervals."""
+    lines = []
+    for name, s in summary.items():
+        label = methods.get(name).label
+        for key in [k for k in s if k.startswith("test_accuracy_minus_")]:
+            other = methods.get(key.removeprefix("test_accuracy_minus_")).label
+            v = _verdict(s[key], 100, " points", "higher", "lower")
+            lines.append(f"- {label} − {other}, test accuracy: {v}")
+        v = _verdict(s["aopc_minus_random"], 1, "", "more faithful than random maps", "less faithful than random maps")
+        lines.append(f"- {label}, AOPC of its own map − random maps on the same model: {v}")
+    return lines
 
 
 def _cell(stat: dict, digits: int = 4) -> str:
@@ -44,12 +104,22 @@ def markdown(summary: dict, title: str, seeds: list[int]) -> str:
         " on validation accuracy. AOPC: MoRF of each method's own map (higher = more faithful); random maps"
         " on the same model are the floor.",
         "",
-        "| method | test accuracy | val accuracy | AOPC (own map) | AOPC (random map) | map |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | test accuracy | val accuracy | AOPC (own map) | AOPC (random map) | epochs | map |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in summary.items():
         m = methods.get(name)
-        lines.append("| " + " | ".join([m.label] + [_cell(s[k]) for k in STATS] + [m.map_kind]) + " |")
+        epochs = f"{s['best_epoch']['mean']:.1f} / {s['epochs_run']['mean']:.1f}" if "best_epoch" in s else "-"
+        lines.append("| " + " | ".join([m.label] + [_cell(s[k]) for k in STATS] + [epochs, m.map_kind]) + " |")
+    lines += [
+        "",
+        "Epochs: the best validation epoch / the epochs run, mean over seeds. IMPACTX, its control and WAE"
+        " train on top of A (the baseline's epochs, then their own); ABN starts from A's initial weights.",
+        "",
+        "Paired over seeds (mean difference ± half-width of its 95% t-interval):",
+        "",
+        *verdicts(summary),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -55,6 +55,16 @@ class TrainParams(_Section):
     weight_decay: float = Field(0.0, ge=0)
 
 
+class RecipeParams(_Section):
+    """How every method trains, the same for all so that their budgets compare: augmentation (each SHAP
+    map is cropped and flipped with its image), the learning-rate schedule and early stopping."""
+
+    crop_padding: int = Field(0, ge=0)  # random crop back to size after zero padding by this much; 0: none
+    flip: bool = False  # random horizontal flip (not for digits or text)
+    schedule: Literal["constant", "cosine"] = "constant"  # learning rate over each method's epochs
+    patience: int | None = Field(None, gt=0)  # stop after this many epochs without a better val accuracy
+
+
 class ShapParams(_Section):
     max_evals: int = Field(2000, ge=10)
     batch_size: int = Field(500, gt=0)
@@ -92,6 +102,7 @@ class CoreParams(_Section):
     mlflow: MlflowParams = MlflowParams()
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
+    recipe: RecipeParams = RecipeParams()
     shap: ShapParams = ShapParams()
     evaluate: EvaluateParams = EvaluateParams()
 

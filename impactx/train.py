@@ -9,11 +9,12 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 from tqdm.auto import tqdm
 
 from impactx import ImpactXError
-from impactx.config import TrainParams
+from impactx.config import RecipeParams, TrainParams
 from impactx.data import Split, to_float
 
 
@@ -66,36 +67,63 @@ def accuracy(model, split: Split, device: torch.device) -> float:
 EpochHook = Callable[[int, dict], None]
 
 
-def _fit(model, params, train_loader, val_split, device, on_epoch: EpochHook | None, desc: str):
+def augment(x: torch.Tensor, r: torch.Tensor | None, recipe: RecipeParams, gen: torch.Generator):
+    """The same random crop (after zero padding) and horizontal flip for each image x (N×C×H×W) and its
+    map r: a map stays the explanation of its image."""
+    n, _, h, w = x.shape
+    out = [x] if r is None else [x, r]
+    if recipe.crop_padding:
+        p = recipe.crop_padding
+        dy, dx = (torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device) for _ in range(2))
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # N×H×1
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # N×1×W
+        idx = torch.arange(n, device=x.device)[:, None, None]
+        out = [F.pad(t, (p, p, p, p))[idx, :, rows, cols].permute(0, 3, 1, 2) for t in out]  # N×H×W×C → N×C×H×W
+    if recipe.flip:
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)[:, None, None, None]
+        out = [torch.where(flip, t.flip(-1), t) for t in out]
+    return out[0], (out[1] if r is not None else None)
+
+
+def _fit(model, params, recipe: RecipeParams, train_loader, val_split, device, seed, on_epoch, desc: str):
     opt = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=params.lr, weight_decay=params.weight_decay
     )
-    best_acc, best_state, history = -1.0, None, []
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, params.epochs) if recipe.schedule == "cosine" else None
+    gen = torch.Generator().manual_seed(seed + 1)  # augmentation draws: their own stream, from the seed
+    best_acc, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(1, params.epochs + 1):
         model.train()
         sums, n = {}, 0
         for batch in tqdm(
             train_loader, desc=f"{desc} epoch {epoch}/{params.epochs}", leave=False, mininterval=2, disable=None
         ):
-            batch = [t.to(device, non_blocking=True) for t in batch]
-            losses = model.loss(*batch)
+            x, y, *r = (t.to(device, non_blocking=True) for t in batch)  # r: the maps, when the method has them
+            x, r = augment(x, r[0] if r else None, recipe, gen)
+            losses = model.loss(x, y, r)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             opt.step()
-            bsz = len(batch[0])
+            bsz = len(x)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * bsz
             n += bsz
         metrics = {f"train_{k}": v / n for k, v in sums.items()}
+        metrics["lr"] = opt.param_groups[0]["lr"]
         metrics["val_accuracy"] = accuracy(model, val_split, device)
+        if sched is not None:
+            sched.step()
         history.append(metrics)
         if on_epoch:
             on_epoch(epoch, metrics)
         print(f"{desc} epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
         if metrics["val_accuracy"] > best_acc:
-            best_acc, best_state = metrics["val_accuracy"], copy.deepcopy(model.state_dict())
+            best_acc, best_epoch, best_state = metrics["val_accuracy"], epoch, copy.deepcopy(model.state_dict())
+        if recipe.patience and epoch - best_epoch >= recipe.patience:
+            print(f"{desc}: no better validation accuracy for {recipe.patience} epochs: stopped at {epoch}", flush=True)
+            break
     model.load_state_dict(best_state)
-    return {"best_val_accuracy": best_acc, "epochs": params.epochs, "history": history}
+    return {"best_val_accuracy": best_acc, "best_epoch": best_epoch, "epochs_run": epoch, "history": history}
 
 
 def train_model(
@@ -105,14 +133,17 @@ def train_model(
     params: TrainParams,
     device,
     seed: int,
+    recipe: RecipeParams | None = None,
     maps: torch.Tensor | None = None,
     on_epoch: EpochHook | None = None,
     desc: str = "train",
 ) -> dict:
-    """Adam on the trainable parameters; model.loss(x, y[, r]) returns the losses of one batch, "loss"
-    first. With `maps`, each batch also carries the SHAP maps r of its images."""
+    """Adam on the trainable parameters, with the recipe's augmentation, schedule and early stopping (none
+    by default); model.loss(x, y, r) returns the losses of one batch, "loss" first. With `maps`, each
+    batch also carries the SHAP maps r of its images, augmented with them. The best validation epoch's
+    weights are kept."""
     seed_everything(seed)
     model.to(device)
     extra = () if maps is None else (maps,)
     loader = make_loader(train, params.batch_size, device, *extra, shuffle=True, seed=seed)
-    return _fit(model, params, loader, val, device, on_epoch, desc)
+    return _fit(model, params, recipe or RecipeParams(), loader, val, device, seed, on_epoch, desc)

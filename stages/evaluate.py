@@ -17,6 +17,7 @@ def main():
     for seed in params.seeds:
         method, model = methods.load(layout.model(name, seed), ds.info, params.model)
         record, figure_maps = evaluate_run(model, method, seed, ds, params, device)
+        record["training"] = methods.training_of(layout.model(name, seed))  # best_epoch, epochs_run
         save_json(layout.result(name, seed), record)
         save_npz(layout.result_maps(name, seed), maps=figure_maps)
         with tracking.stage_run(

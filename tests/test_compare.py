@@ -29,7 +29,7 @@ def test_summary_is_mean_and_sample_std_per_method_in_table_order():
     ), numbers  # fmt: skip  (a DVC metric)
     md = compare.markdown(s, "toy", [0, 1])
     assert (
-        "| Baseline A | 0.6500 ± 0.0707 | 0.6400 ± 0.0707 | 0.3000 ± 0.0000 | 0.1000 ± 0.0000 | SHAP of A, post hoc |"
+        "| Baseline A | 0.6500 ± 0.0707 | 0.6400 ± 0.0707 | 0.3000 ± 0.0000 | 0.1000 ± 0.0000 | - | SHAP of A, post hoc |"
         in md
     )
     assert "| WAE |" in md and "seeds [0, 1]" in md
@@ -46,3 +46,24 @@ def test_morf_rows_are_long_format_one_series_per_method_and_random():
     assert [r["method"] for r in rows] == ["IMPACTX"] * 3 + ["ABN"] * 3 + ["random maps"] * 3
     assert rows[1] == {"method": "IMPACTX", "fraction": 0.5, "probability": 0.5}
     assert rows[-2] == {"method": "random maps", "fraction": 0.5, "probability": 0.8}
+
+
+def test_paired_differences_have_t_intervals_and_plain_verdicts():
+    base = [0.60, 0.62, 0.58]
+    records = [record("baseline", i, a) for i, a in enumerate(base)]
+    records += [record("impactx", i, a + d) | {"training": {"best_epoch": 4, "epochs_run": 9}}
+                for i, (a, d) in enumerate(zip(base, [0.020, 0.021, 0.019]))]  # fmt: skip
+    records += [record("impactx_lambda0", i, a + d) for i, (a, d) in enumerate(zip(base, [0.01, 0.02, 0.03]))]
+    s = compare.summarize(records, ["baseline", "impactx", "impactx_lambda0"])
+    vs_base = s["impactx"]["test_accuracy_minus_baseline"]
+    assert vs_base["mean"] == pytest.approx(0.020) and vs_base["n"] == 3
+    assert vs_base["ci95"] == pytest.approx(4.302653 * 0.001 / np.sqrt(3), rel=1e-4)  # t(0.975, 2)·sd/√n
+    vs_control = s["impactx"]["test_accuracy_minus_impactx_lambda0"]
+    assert vs_control["mean"] == pytest.approx(0.0) and vs_control["ci95"] > 0.01
+    assert "test_accuracy_minus_baseline" not in s["baseline"]
+    assert s["impactx"]["best_epoch"]["mean"] == 4 and s["impactx"]["epochs_run"]["mean"] == 9
+    md = compare.markdown(s, "toy", [0, 1, 2])
+    assert "- IMPACTX − Baseline A, test accuracy: +2.0 ± 0.2 points (3 seeds): higher" in md
+    assert "- IMPACTX − IMPACTX, λ = 0 (control), test accuracy: +0.0 ± 2.6 points (3 seeds): not distinguishable" in md
+    assert "| 4.0 / 9.0 |" in md
+    assert "AOPC of its own map − random maps on the same model: +0.200 ± 0.000 (3 seeds): more faithful" in md

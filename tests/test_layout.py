@@ -46,4 +46,4 @@ def test_train_control_depends_on_its_methods_section_less_the_fixed_settings(st
         fixed = {control.params.model_fields[k].alias or k for k in control.fixed}
         keys = [f"{control.section}.{f.alias or k}" for k, f in control.params.model_fields.items()]
         declared = [p for d in stages[f"train_control@{name}-0"].deps if hasattr(d, "params") for p in d.params]
-        assert sorted(declared) == sorted(["model", *(k for k in keys if k.split(".")[1] not in fixed)])
+        assert sorted(declared) == sorted(["model", "recipe", *(k for k in keys if k.split(".")[1] not in fixed)])

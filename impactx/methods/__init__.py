@@ -169,10 +169,17 @@ def build(name: str, stage1: Stage1, params) -> nn.Module:
     return method.build(stage1, method.settings(params))
 
 
-def save(path: Path, name: str, settings: TrainParams, model: nn.Module) -> None:
-    """A checkpoint that rebuilds itself: the method, its settings and the weights (no pickled code)."""
+def save(path: Path, name: str, settings: TrainParams, model: nn.Module, training: dict | None = None) -> None:
+    """A checkpoint that rebuilds itself: the method, its settings, the weights (no pickled code) and
+    how its training went (best_epoch, epochs_run, best_val_accuracy)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_torch(path, {"method": name, "settings": settings.model_dump(), "state_dict": state})
+    ckpt = {"method": name, "settings": settings.model_dump(), "state_dict": state, "training": training or {}}
+    save_torch(path, ckpt)
+
+
+def training_of(path: Path) -> dict:
+    """How the checkpoint's training went: best_epoch, epochs_run, best_val_accuracy ({} if not recorded)."""
+    return torch.load(path, map_location="cpu", weights_only=True).get("training", {})
 
 
 def load(path: Path, info: DatasetInfo, model: ModelParams) -> tuple[Method, nn.Module]:
