@@ -52,13 +52,35 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def project_root(cwd: str | Path | None = None) -> Path:
+    """The user's project: the working directory or, inside the temporary workspace where DVC runs a
+    queued experiment (<project>/.dvc/tmp/exps/<tmp>/), the project it was queued from."""
+    here = Path(cwd or os.getcwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 3, 0, -1):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return here
+
+
+def tracking_uri(uri: str, cwd: str | Path | None = None) -> str:
+    """A relative sqlite path is the project's file, wherever the stage runs: queued experiments log
+    into the user's store, not into a temporary copy that DVC deletes afterwards."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not Path(uri[len(prefix) :]).is_absolute():
+        return prefix + str(project_root(cwd) / uri[len(prefix) :])
+    return uri
+
+
 def setup(params: Params) -> str:
-    """Point MLflow at params.mlflow and return the experiment id (artifacts go to ./mlartifacts)."""
-    mlflow.set_tracking_uri(params.mlflow.tracking_uri)
+    """Point MLflow at params.mlflow and return the experiment id (artifacts go to the project's
+    mlartifacts/)."""
+    mlflow.set_tracking_uri(tracking_uri(params.mlflow.tracking_uri))
     exp = mlflow.get_experiment_by_name(params.mlflow.experiment)
     if exp is not None:
         return exp.experiment_id
-    return mlflow.create_experiment(params.mlflow.experiment, artifact_location=Path("mlartifacts").resolve().as_uri())
+    artifacts = (project_root() / "mlartifacts").as_uri()
+    return mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifacts)
 
 
 def _parent_run_id(params: Params, experiment_id: str, tags: dict) -> str:

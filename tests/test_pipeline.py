@@ -66,7 +66,10 @@ def test_repro_runs_every_method_and_seed_and_writes_table2(project):
             assert row[stat]["mean"] == pytest.approx(np.mean(per_seed))
             assert row[stat]["std"] == pytest.approx(np.std(per_seed, ddof=1))
     md = (root / "metrics/comparison.md").read_text()
-    assert "| method | test accuracy | val accuracy | AOPC (own map) | AOPC (random map) | map |" in md
+    assert "| method | test accuracy | val accuracy | AOPC (own map) | AOPC (random map) | epochs | map |" in md
+    assert "- IMPACTX − IMPACTX, λ = 0 (control), test accuracy: " in md and "(2 seeds): " in md
+    assert table["impactx"]["test_accuracy_minus_impactx_lambda0"]["n"] == 2
+    assert table["baseline"]["epochs_run"]["mean"] == 2  # TINY: 2 epochs, no early stopping
     for label in ("Baseline A", "IMPACTX", "IMPACTX, λ = 0 (control)", "ABN", "WAE"):
         assert f"| {label} | " in md
     rows = json.loads((root / "plots/morf.json").read_text())
@@ -185,6 +188,35 @@ def test_lambda_experiment_reruns_impactx_and_compare_only(project):
     assert sorted(ran(exp.stdout)) == ["compare", "evaluate@impactx", "train@impactx-0", "train@impactx-1"]
     run(["git", "checkout", "--", "."], root)  # back to the committed params and results
     run(["dvc", "checkout"], root)
+
+
+@pytest.mark.e2e
+def test_a_queued_grid_logs_every_run_into_the_projects_store(project):
+    """The README's grid search: queued experiments run in DVC's temporary workspaces, and their MLflow
+    runs and registry versions land in the project's mlflow.db, not in a copy DVC deletes."""
+    root, _ = project
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("impactx").experiment_id
+
+    def counts():
+        runs = client.search_runs([exp_id], "tags.method = 'impactx'", max_results=1000)
+        stages = [r.data.tags["dvc_stage"] for r in runs]
+        versions = client.search_model_versions("name = 'digits-lenet5-impactx'")
+        return (
+            stages.count("train@impactx-0") + stages.count("train@impactx-1"),
+            stages.count("evaluate@impactx"),
+            len(versions),
+        )
+
+    before = counts()
+    run(["dvc", "exp", "run", "--queue", "-S", "impactx.lambda=0.3,0.5"], root)  # a two-point grid
+    out = run(["dvc", "exp", "run", "--run-all", "-j", "1"], root)
+    after = counts()
+    assert [a - b for a, b in zip(after, before)] == [4, 4, 4], out.stdout[-2000:]  # 2 points × 2 seeds
+    assert not list(root.glob(".dvc/tmp/exps/**/mlflow.db"))
+    run(["git", "checkout", "--", "."], root)
 
 
 @pytest.mark.e2e

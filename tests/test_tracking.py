@@ -49,3 +49,14 @@ def test_stage_runs_share_one_parent_per_configuration(local_mlflow):
     parent = lambda r: mlflow.get_run(r.info.run_id).data.tags["mlflow.parentRunId"]
     assert parent(a) == parent(b) != parent(c)
     assert mlflow.get_run(a.info.run_id).data.tags["dvc_stage"] == "finetune"
+
+
+def test_a_queued_experiments_workspace_logs_into_the_projects_store(tmp_path):
+    project = tmp_path / "project"
+    workspace = project / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    workspace.mkdir(parents=True)
+    assert tracking.project_root(workspace) == project.resolve()
+    assert tracking.project_root(project) == project.resolve()
+    assert tracking.tracking_uri("sqlite:///mlflow.db", workspace) == f"sqlite:///{project.resolve()}/mlflow.db"
+    assert tracking.tracking_uri("sqlite:////srv/mlflow.db", workspace) == "sqlite:////srv/mlflow.db"
+    assert tracking.tracking_uri("http://127.0.0.1:5000", workspace) == "http://127.0.0.1:5000"
