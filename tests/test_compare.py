@@ -67,3 +67,20 @@ def test_paired_differences_have_t_intervals_and_plain_verdicts():
     assert "- IMPACTX − IMPACTX, λ = 0 (control), test accuracy: +0.0 ± 2.6 points (3 seeds): not distinguishable" in md
     assert "| 4.0 / 9.0 |" in md
     assert "AOPC of its own map − random maps on the same model: +0.200 ± 0.000 (3 seeds): more faithful" in md
+
+
+def test_the_best_experiment_is_picked_on_validation_only():
+    from impactx import ImpactXError
+    from impactx.experiments import best_experiment
+
+    rows = [
+        {"Experiment": None, "rev": "workspace", "impactx.val_accuracy.mean": 0.99},  # not an experiment
+        {"Experiment": "a", "impactx.val_accuracy.mean": 0.70, "impactx.test_accuracy.mean": 0.9},
+        {"Experiment": "b", "impactx.val_accuracy.mean": 0.72, "impactx.test_accuracy.mean": 0.1},
+        {"Experiment": "c", "impactx.val_accuracy.mean": None},
+    ]
+    assert best_experiment(rows, "impactx.val_accuracy.mean")["Experiment"] == "b"
+    with pytest.raises(ImpactXError, match="not a validation metric"):
+        best_experiment(rows, "impactx.test_accuracy.mean")
+    with pytest.raises(ImpactXError, match="no experiment has 'abn.val_accuracy.mean'"):
+        best_experiment(rows, "abn.val_accuracy.mean")

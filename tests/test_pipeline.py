@@ -216,7 +216,13 @@ def test_a_queued_grid_logs_every_run_into_the_projects_store(project):
     after = counts()
     assert [a - b for a, b in zip(after, before)] == [4, 4, 4], out.stdout[-2000:]  # 2 points × 2 seeds
     assert not list(root.glob(".dvc/tmp/exps/**/mlflow.db"))
+    picked = run(["python", "-m", "impactx.experiments", "impactx.val_accuracy.mean", "--apply"], root).stdout
+    assert "best by impactx.val_accuracy.mean" in picked and "applied" in picked
+    assert yaml.safe_load((root / "params.yaml").read_text())["impactx"]["lambda"] in (0.3, 0.5)
+    refused = run(["python", "-m", "impactx.experiments", "impactx.test_accuracy.mean"], root, check=False)
+    assert refused.returncode == 2 and "not a validation metric" in refused.stderr
     run(["git", "checkout", "--", "."], root)
+    run(["dvc", "checkout"], root)
 
 
 @pytest.mark.e2e
