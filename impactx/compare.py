@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from impactx import methods
+from impactx.fidelity import SCORES
 
 STATS = ("test_accuracy", "val_accuracy", "aopc", "aopc_random")
 RANDOM = "random maps"  # the MoRF plot's floor: random maps on the same models
+FLOORS = ("map", "class_mean", "random")  # a method's map and the two floors of its fidelity
 
 
 def mean_std(values: list[float]) -> dict:
@@ -55,6 +57,13 @@ def summarize(records: list[dict], order: list[str]) -> dict:
         out[name]["aopc_minus_random"] = paired(
             _per_seed(records, name, lambda r: r["aopc"]), _per_seed(records, name, lambda r: r["aopc_random"])
         )
+        if all("fidelity" in r for r in rs):
+            fid = {w: {k: mean_std([r["fidelity"][w][k] for r in rs]) for k in SCORES} for w in FLOORS}
+            out[name]["fidelity"] = fid
+            out[name]["pearson_minus_class_mean"] = paired(
+                _per_seed(records, name, lambda r: r["fidelity"]["map"]["pearson"]),
+                _per_seed(records, name, lambda r: r["fidelity"]["class_mean"]["pearson"]),
+            )
     return out
 
 
@@ -87,6 +96,31 @@ def verdicts(summary: dict) -> list[str]:
             lines.append(f"- {label} − {other}, test accuracy: {v}")
         v = _verdict(s["aopc_minus_random"], 1, "", "more faithful than random maps", "less faithful than random maps")
         lines.append(f"- {label}, AOPC of its own map − random maps on the same model: {v}")
+        if "pearson_minus_class_mean" in s:
+            v = _verdict(
+                s["pearson_minus_class_mean"], 1, "", "beats the class-mean floor", "below the class-mean floor"
+            )
+            lines.append(f"- {label}, Pearson with SHAP of A (true class) − the class-mean map's: {v}")
+    return lines
+
+
+def fidelity_table(summary: dict) -> list[str]:
+    """Agreement with the teacher (SHAP of A for the true class, held-out images) and its two floors."""
+    rows = [(n, s["fidelity"]) for n, s in summary.items() if "fidelity" in s]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Agreement with SHAP of A for the true class on the held-out MoRF images, mean ± std over seeds"
+        " (per image, then averaged). Floors: the class-mean training map of the true class, a random map.",
+        "",
+        "| method | Pearson (map) | Pearson (class mean) | Pearson (random) | Spearman (map) | top-10% IoU (map) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, f in rows:
+        cells = [f["map"]["pearson"], f["class_mean"]["pearson"], f["random"]["pearson"], f["map"]["spearman"],
+                 f["map"]["iou_top"]]  # fmt: skip
+        lines.append("| " + " | ".join([methods.get(name).label] + [_cell(c, 3) for c in cells]) + " |")
     return lines
 
 
@@ -115,6 +149,7 @@ def markdown(summary: dict, title: str, seeds: list[int]) -> str:
         "",
         "Epochs: the best validation epoch / the epochs run, mean over seeds. IMPACTX, its control and WAE"
         " train on top of A (the baseline's epochs, then their own); ABN starts from A's initial weights.",
+        *fidelity_table(summary),
         "",
         "Paired over seeds (mean difference ± half-width of its 95% t-interval):",
         "",

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from impactx import morf
+from impactx.fidelity import fidelity
 from impactx.config import Params
 from impactx.data import Dataset, to_float
 from impactx.methods import Method
@@ -43,10 +44,14 @@ def explanation_maps(model, method: Method, x: torch.Tensor, seed: int, params: 
     return torch.from_numpy(maps)
 
 
-def evaluate_run(model, method: Method, seed: int, ds: Dataset, params: Params, device) -> tuple[dict, np.ndarray]:
-    """The result record of one (method, seed) and the maps of the first figure_images MoRF images."""
+def evaluate_run(
+    model, method: Method, seed: int, ds: Dataset, params: Params, device, teacher=None, class_maps=None
+) -> tuple[dict, np.ndarray]:
+    """The result record of one (method, seed) and the maps of the first figure_images MoRF images.
+    With `teacher` (SHAP of A for the true class of the MoRF images) and `class_maps` (K×C×H×W class
+    means of the training maps), the record also has the map's agreement with the teacher and the floors'."""
     p = params.evaluate
-    _, x = morf_subset(ds, params)
+    idx, x = morf_subset(ds, params)
     maps = explanation_maps(model, method, x, seed, params, device)
     random_maps = torch.rand(x.shape, generator=torch.Generator().manual_seed(params.seed))
     kw = dict(patch_size=p.patch_size, steps=p.steps, device=device, seed=params.seed)
@@ -64,4 +69,7 @@ def evaluate_run(model, method: Method, seed: int, ds: Dataset, params: Params, 
         "morf_curve": curve.mean(0).tolist(),
         "random_curve": random_curve.mean(0).tolist(),
     }
+    if teacher is not None:
+        floor = np.asarray(class_maps)[ds.test.y[idx]]
+        record["fidelity"] = fidelity(maps.numpy(), teacher, floor, random_maps.numpy())
     return record, maps[: p.figure_images].numpy().astype(np.float16)

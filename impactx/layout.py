@@ -45,6 +45,11 @@ def results(method: str) -> Path:
     return Path("results") / method
 
 
+def teacher_maps(seed: int) -> Path:
+    """SHAP of A for the true class of the held-out MoRF images: what every method's map is compared with."""
+    return shap_dir(seed) / "teacher_test.npy"
+
+
 def result(method: str, seed: int) -> Path:
     """Test/validation accuracy, AOPC and the mean MoRF curves of one (method, seed)."""
     return results(method) / f"seed{seed}.json"

@@ -257,6 +257,15 @@ def save_maps(maps: np.ndarray, meta: dict, seed: int) -> None:
     save_json(layout.shap_meta(seed), meta)
 
 
+def class_mean_maps(maps: np.ndarray, labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """S_k = mean of the (scaled) training maps of class k; zeros for a class with no image."""
+    out = np.zeros((num_classes, *maps.shape[1:]), dtype=np.float32)
+    for k in range(num_classes):
+        if (labels == k).any():
+            out[k] = maps[labels == k].mean(0)
+    return torch.from_numpy(out)
+
+
 def load_scaled_maps(path: Path) -> np.ndarray:
     """The training targets: maps.npy scaled per image to [-1, 1] (scale_maps)."""
     if not Path(path).exists():

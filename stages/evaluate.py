@@ -1,11 +1,14 @@
 """DVC stage evaluate@<method>: for every seed, accuracy and MoRF/AOPC of the method's own maps (the
 baseline's: SHAP of A, post hoc), the MLflow model and the registry (champion by validation accuracy)."""
 
+import numpy as np
+
 from impactx import data, layout, methods, tracking
 from impactx.cli import dvc_stage, run_stage, stage_args
 from impactx.config import load_params
 from impactx.evaluation import evaluate_run
 from impactx.io import save_json, save_npz
+from impactx.shap_maps import class_mean_maps, load_scaled_maps
 from impactx.train import resolve_device
 
 
@@ -16,7 +19,9 @@ def main():
     device = resolve_device(params.device)
     for seed in params.seeds:
         method, model = methods.load(layout.model(name, seed), ds.info, params.model)
-        record, figure_maps = evaluate_run(model, method, seed, ds, params, device)
+        class_maps = class_mean_maps(load_scaled_maps(layout.shap_maps(seed)), ds.train.y, ds.info.num_classes)
+        teacher = np.load(layout.teacher_maps(seed))
+        record, figure_maps = evaluate_run(model, method, seed, ds, params, device, teacher, class_maps.numpy())
         record["training"] = methods.training_of(layout.model(name, seed))  # best_epoch, epochs_run
         save_json(layout.result(name, seed), record)
         save_npz(layout.result_maps(name, seed), maps=figure_maps)

@@ -28,6 +28,7 @@ def test_every_declared_output_is_a_layout_path(stages):
     for s in params.seeds:
         expected[f"finetune@{s}"] = [layout.model("baseline", s)]
         expected[f"shap@{s}"] = [layout.shap_maps(s), layout.shap_meta(s)]
+        expected[f"teacher@{s}"] = [layout.teacher_maps(s)]
         for kind, names in (("", params.methods), ("_control", params.controls)):
             for m in names:
                 expected[f"train{kind}@{m}-{s}"] = [layout.model(m, s)]

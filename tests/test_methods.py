@@ -10,7 +10,7 @@ from conftest import tiny_info
 from impactx import ImpactXError, methods
 from impactx.config import parse_params
 from impactx.methods import Stage1
-from impactx.methods.wae import class_mean_maps
+from impactx.shap_maps import class_mean_maps
 
 INFO = tiny_info()
 

@@ -13,24 +13,15 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from impactx.backbones import feature_shape
 from impactx.config import TrainParams
+from impactx.shap_maps import class_mean_maps
 from impactx.methods import Stage1, register
 from impactx.model import Classifier
-
-
-def class_mean_maps(maps: np.ndarray, labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """S_k = mean of the (scaled) training maps of class k; zeros for a class with no image."""
-    out = np.zeros((num_classes, *maps.shape[1:]), dtype=np.float32)
-    for k in range(num_classes):
-        if (labels == k).any():
-            out[k] = maps[labels == k].mean(0)
-    return torch.from_numpy(out)
 
 
 class ExplanationEncoder(nn.Module):
