@@ -158,16 +158,30 @@ def markdown(summary: dict, title: str, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mean_curves(records: list[dict], order: list[str]) -> dict[str, tuple[np.ndarray, float]]:
+    """{label: (mean MoRF curve, mean AOPC)} per method over its seeds, in `order`, and of random maps
+    over every run: what the plot data and the MoRF figure both show."""
+    out = {}
+    for name in order:
+        rs = [r for r in records if r["method"] == name]
+        if rs:
+            out[methods.get(name).label] = (
+                np.mean([r["morf_curve"] for r in rs], 0),
+                float(np.mean([r["aopc"] for r in rs])),
+            )
+    out[RANDOM] = (
+        np.mean([r["random_curve"] for r in records], 0),
+        float(np.mean([r["aopc_random"] for r in records])),
+    )
+    return out
+
+
 def morf_rows(records: list[dict], order: list[str]) -> list[dict]:
-    """Mean MoRF curve per method over seeds, and of random maps over every run, in DVC's long format:
-    one row per (method, fraction), so the plot has one colour per method whatever methods ran."""
-    curves: dict[str, list] = {}
-    for r in sorted(records, key=lambda r: order.index(r["method"])):
-        curves.setdefault(methods.get(r["method"]).label, []).append(r["morf_curve"])
-    curves[RANDOM] = [r["random_curve"] for r in records]
+    """The mean MoRF curves in DVC's long format: one row per (method, fraction), so the plot has one
+    colour per method whatever methods ran."""
     fractions = records[0]["morf_fractions"]
     return [
         {"method": name, "fraction": f, "probability": float(p)}
-        for name, c in curves.items()
-        for f, p in zip(fractions, np.mean(c, axis=0))
+        for name, (curve, _) in mean_curves(records, order).items()
+        for f, p in zip(fractions, curve)
     ]

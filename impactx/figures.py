@@ -61,7 +61,7 @@ def comparison_figures(ds, records: list[dict], rows: list[str], params) -> None
     """The compare stage's figures: the first seed's maps of every method on the first MoRF images, and
     the mean MoRF curves (AOPC in the legend), where layout puts them."""
     from impactx import layout, methods
-    from impactx.compare import RANDOM
+    from impactx.compare import mean_curves
     from impactx.evaluation import morf_subset
 
     idx, x = morf_subset(ds, params)
@@ -69,9 +69,6 @@ def comparison_figures(ds, records: list[dict], rows: list[str], params) -> None
     maps = {methods.get(m).label: np.load(layout.result_maps(m, seed))["maps"][:n].astype(np.float32) for m in rows}
     titles = [ds.classes[ds.test.y[i]] for i in idx[:n]]
     explanation_grid(x[:n].numpy(), maps, titles, layout.FIGURES["explanations"])
-    by_method = {m: [r for r in records if r["method"] == m] for m in rows}
-    curves = {methods.get(m).label: np.mean([r["morf_curve"] for r in rs], 0) for m, rs in by_method.items()}
-    aopcs = {methods.get(m).label: float(np.mean([r["aopc"] for r in rs])) for m, rs in by_method.items()}
-    curves[RANDOM] = np.mean([r["random_curve"] for r in records], 0)
-    aopcs[RANDOM] = float(np.mean([r["aopc_random"] for r in records]))
+    means = mean_curves(records, rows)
+    curves, aopcs = {k: c for k, (c, _) in means.items()}, {k: a for k, (_, a) in means.items()}
     morf_plot(np.asarray(records[0]["morf_fractions"]), curves, aopcs, layout.FIGURES["morf"])
