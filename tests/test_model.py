@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from impactx.backbones import build_backbone
-from impactx.model import Classifier, Decoder, ImpactX, _decoder_plan, impactx_loss
+from impactx.methods.impactx import Decoder, ImpactX, _decoder_plan, impactx_loss
+from impactx.model import Classifier
 
 
 def make(size=32, k=10, c=3):

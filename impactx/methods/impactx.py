@@ -3,16 +3,103 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
+from impactx.backbones import with_new_head
 from impactx.config import TrainParams
+from impactx.data import DatasetInfo
 from impactx.methods import Stage1, register
-from impactx.model import build_impactx
+from impactx.model import Classifier
 
 
 class ImpactxParams(TrainParams):
     lambda_: float = Field(1.0, ge=0, alias="lambda")  # weight of the map loss; the paper's grid is 0.2-1.4
     latent_dim: int = Field(512, gt=0)  # size of z = sigmoid(FC(...)), the LEP's output
+
+
+def _decoder_plan(image_size: int) -> tuple[int, int]:
+    """Start side and number of ×2 upsampling steps: 32 → 4 and 3 steps, 96 → 3 and 5 (two more)."""
+    side, steps = image_size, 0
+    while side > 4 and side % 2 == 0:
+        side, steps = side // 2, steps + 1
+    return side, steps
+
+
+class Decoder(nn.Module):
+    """D(z): FC, reshape, then (conv, ×2 upsample) steps up to the input size (the paper's Fig. 2).
+    tanh output, because targets are SHAP maps scaled to [-1, 1] (see shap_maps.scale_maps)."""
+
+    def __init__(self, latent_dim: int, out_channels: int, image_size: int, width: int = 64):
+        super().__init__()
+        self.side, steps = _decoder_plan(image_size)
+        self.width = width
+        self.fc = nn.Sequential(nn.Linear(latent_dim, width * self.side * self.side), nn.ReLU())
+        layers, ch = [], width
+        for _ in range(steps):
+            nxt = max(ch // 2, 16)
+            layers += [nn.Conv2d(ch, nxt, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest")]
+            ch = nxt
+        layers += [nn.Conv2d(ch, out_channels, 3, padding=1), nn.Tanh()]
+        self.convs = nn.Sequential(*layers)
+
+    def forward(self, z):
+        h = self.fc(z).view(-1, self.width, self.side, self.side)
+        return self.convs(h)
+
+
+class ImpactX(nn.Module):
+    """IMPACTX: M (frozen, from stage 1) gives m; LEP gives z = sigmoid(FC512(...)); C classifies [m, z];
+    D(z) is the predicted attribution map. forward() returns logits (for pyfunc/registry);
+    explain() returns (logits, map) in one pass."""
+
+    def __init__(self, baseline: Classifier, num_classes: int, image_shape, latent_dim: int = 512, lam: float = 1.0):
+        super().__init__()
+        self.lam = lam  # λ, the weight of the map loss (a training setting: not in the state_dict)
+        c, h, _ = image_shape
+        self.normalize = baseline.normalize
+        self.m = baseline.backbone
+        for p in self.m.parameters():
+            p.requires_grad_(False)
+        in_features = self.m.head.in_features
+        self.lep = with_new_head(self.m, nn.Sequential(nn.Linear(in_features, latent_dim), nn.Sigmoid()))
+        for p in self.lep.parameters():
+            p.requires_grad_(True)
+        self.decoder = Decoder(latent_dim, c, h)
+        self.c = nn.Sequential(nn.Linear(num_classes + latent_dim, 256), nn.ReLU(), nn.Linear(256, num_classes))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.m.eval()  # M is frozen: keep its batch-norm/dropout (if any) in inference mode
+        return self
+
+    def explain(self, x):
+        xn = self.normalize(x)
+        with torch.no_grad():
+            m = self.m(xn)
+        z = self.lep(xn)
+        return self.c(torch.cat([m, z], dim=1)), self.decoder(z)
+
+    def forward(self, x):
+        return self.explain(x)[0]
+
+    def loss(self, x, y, r) -> dict:
+        logits, r_hat = self.explain(x)  # N×K, N×C×H×W
+        total, ce, mse = impactx_loss(logits, y, r_hat, r, self.lam)
+        return {"loss": total, "ce": ce, "mse": mse}
+
+
+def impactx_loss(logits, y, map_pred, map_target, lam: float):
+    """L = CE(y, C(m, z)) + λ·MSE(r, D(LEP(x))); returns (total, ce, mse) for logging."""
+    ce = F.cross_entropy(logits, y)
+    mse = F.mse_loss(map_pred, map_target)
+    return ce + lam * mse, ce, mse
+
+
+def build_impactx(baseline: Classifier, info: DatasetInfo, latent_dim: int, lam: float) -> ImpactX:
+    return ImpactX(baseline, info.num_classes, info.image_shape, latent_dim, lam)
 
 
 @register("impactx", label="IMPACTX", map_kind="D(LEP(x))", params=ImpactxParams)

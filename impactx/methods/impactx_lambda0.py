@@ -4,7 +4,7 @@ If it matches IMPACTX, the gain came from the extra branch and its training, not
 from __future__ import annotations
 
 from impactx.methods import Stage1, register
-from impactx.model import build_impactx
+from impactx.methods.impactx import build_impactx
 
 
 @register(
