@@ -10,7 +10,13 @@ from impactx.fidelity import SCORES
 
 STATS = ("test_accuracy", "val_accuracy", "aopc", "aopc_random")
 RANDOM = "random maps"  # the MoRF plot's floor: random maps on the same models
-FLOORS = ("map", "class_mean", "random")  # a method's map and the two floors of its fidelity
+FLOORS = ("map", "class_mean", "class_mean_pred", "random")  # a method's map and the floors of its fidelity
+FLOOR_LABEL = {
+    "class_mean": "the class-mean map of the true class",
+    "class_mean_pred": "the class-mean map of the predicted class",
+}
+MAPS = ("own", "shap", "random")  # same-model faithfulness: its own map, SHAP of the same model, random maps
+FAITH_SCORES = ("aopc", "aopc_lerf", "srg")
 
 
 def mean_std(values: list[float]) -> dict:
@@ -57,13 +63,26 @@ def summarize(records: list[dict], order: list[str]) -> dict:
         out[name]["aopc_minus_random"] = paired(
             _per_seed(records, name, lambda r: r["aopc"]), _per_seed(records, name, lambda r: r["aopc_random"])
         )
+        if all("faithfulness" in r for r in rs):
+            out[name]["faithfulness"] = {
+                m: {k: mean_std([r["faithfulness"][m][k] for r in rs]) for k in FAITH_SCORES} for m in MAPS
+            }
+            srg = {m: _per_seed(records, name, lambda r, m=m: r["faithfulness"][m]["srg"]) for m in MAPS}
+            out[name]["srg_minus_random"] = paired(srg["own"], srg["random"])
+            if not methods.get(name).post_hoc:  # the paper's claim: its own map against SHAP of the same model
+                aopc = {m: _per_seed(records, name, lambda r, m=m: r["faithfulness"][m]["aopc"]) for m in MAPS}
+                out[name]["aopc_minus_shap"] = paired(aopc["own"], aopc["shap"])
+                out[name]["srg_minus_shap"] = paired(srg["own"], srg["shap"])
         if all("fidelity" in r for r in rs):
-            fid = {w: {k: mean_std([r["fidelity"][w][k] for r in rs]) for k in SCORES} for w in FLOORS}
-            out[name]["fidelity"] = fid
-            out[name]["pearson_minus_class_mean"] = paired(
-                _per_seed(records, name, lambda r: r["fidelity"]["map"]["pearson"]),
-                _per_seed(records, name, lambda r: r["fidelity"]["class_mean"]["pearson"]),
-            )
+            floors = [w for w in FLOORS if all(w in r["fidelity"] for r in rs)]
+            out[name]["fidelity"] = {
+                w: {k: mean_std([r["fidelity"][w][k] for r in rs]) for k in SCORES} for w in floors
+            }
+            for floor in [f for f in FLOOR_LABEL if f in floors]:  # the class-mean floors
+                out[name][f"pearson_minus_{floor}"] = paired(
+                    _per_seed(records, name, lambda r: r["fidelity"]["map"]["pearson"]),
+                    _per_seed(records, name, lambda r, f=floor: r["fidelity"][f]["pearson"]),
+                )
     return out
 
 
@@ -96,11 +115,40 @@ def verdicts(summary: dict) -> list[str]:
             lines.append(f"- {label} − {other}, test accuracy: {v}")
         v = _verdict(s["aopc_minus_random"], 1, "", "more faithful than random maps", "less faithful than random maps")
         lines.append(f"- {label}, AOPC of its own map − random maps on the same model: {v}")
-        if "pearson_minus_class_mean" in s:
+        if "srg_minus_random" in s:
             v = _verdict(
-                s["pearson_minus_class_mean"], 1, "", "beats the class-mean floor", "below the class-mean floor"
+                s["srg_minus_random"], 1, "", "more faithful than random maps", "less faithful than random maps"
             )
-            lines.append(f"- {label}, Pearson with SHAP of A (true class) − the class-mean map's: {v}")
+            lines.append(f"- {label}, SRG of its own map − random maps on the same model: {v}")
+        for key, score in (("aopc_minus_shap", "AOPC"), ("srg_minus_shap", "SRG")):
+            if key in s:
+                v = _verdict(s[key], 1, "", "more faithful than SHAP", "less faithful than SHAP")
+                lines.append(f"- {label}, {score} of its own map − post-hoc SHAP of the same model: {v}")
+        for floor, what in FLOOR_LABEL.items():
+            if f"pearson_minus_{floor}" in s:
+                v = _verdict(s[f"pearson_minus_{floor}"], 1, "", "beats this floor", "below this floor")
+                lines.append(f"- {label}, Pearson with SHAP of A (true class) − {what}: {v}")
+    return lines
+
+
+def faithfulness_table(summary: dict) -> list[str]:
+    """Same-model faithfulness: on each model, MoRF AOPC and SRG of its own map, of post-hoc SHAP of that
+    same model and of random maps."""
+    rows = [(n, s["faithfulness"]) for n, s in summary.items() if "faithfulness" in s]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Same-model faithfulness: on each model, its own map, post-hoc SHAP of that model (predicted class) and"
+        " random maps, mean ± std over seeds. AOPC on the MoRF path; SRG = area under LeRF − area under MoRF"
+        " (0 for random maps). Higher is more faithful; compare within a row.",
+        "",
+        "| method | AOPC (own) | AOPC (SHAP, same model) | AOPC (random) | SRG (own) | SRG (SHAP, same model) | SRG (random) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, f in rows:
+        cells = [f[m]["aopc"] for m in MAPS] + [f[m]["srg"] for m in MAPS]
+        lines.append("| " + " | ".join([methods.get(name).label] + [_cell(c, 4) for c in cells]) + " |")
     return lines
 
 
@@ -112,14 +160,17 @@ def fidelity_table(summary: dict) -> list[str]:
     lines = [
         "",
         "Agreement with SHAP of A for the true class on the held-out MoRF images, mean ± std over seeds"
-        " (per image, then averaged). Floors: the class-mean training map of the true class, a random map.",
+        " (per image, then averaged). Floors: the class-mean training map of the true class (an oracle: it is"
+        " given the label), of the model's predicted class (what the classifier alone gives), a random map.",
         "",
-        "| method | Pearson (map) | Pearson (class mean) | Pearson (random) | Spearman (map) | top-10% IoU (map) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | Pearson (map) | Pearson (true-class mean) | Pearson (predicted-class mean) | Pearson (random)"
+        " | Spearman (map) | top-10% IoU (map) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    missing = {"mean": float("nan"), "std": None}
     for name, f in rows:
-        cells = [f["map"]["pearson"], f["class_mean"]["pearson"], f["random"]["pearson"], f["map"]["spearman"],
-                 f["map"]["iou_top"]]  # fmt: skip
+        cells = [f["map"]["pearson"], f["class_mean"]["pearson"], f.get("class_mean_pred", {}).get("pearson", missing),
+                 f["random"]["pearson"], f["map"]["spearman"], f["map"]["iou_top"]]  # fmt: skip
         lines.append("| " + " | ".join([methods.get(name).label] + [_cell(c, 3) for c in cells]) + " |")
     return lines
 
@@ -149,6 +200,7 @@ def markdown(summary: dict, title: str, seeds: list[int]) -> str:
         "",
         "Epochs: the best validation epoch / the epochs run, mean over seeds. IMPACTX, its control and WAE"
         " train on top of A (the baseline's epochs, then their own); ABN starts from A's initial weights.",
+        *faithfulness_table(summary),
         *fidelity_table(summary),
         "",
         "Paired over seeds (mean difference ± half-width of its 95% t-interval):",

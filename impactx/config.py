@@ -81,7 +81,8 @@ class EvaluateParams(_Section):
     morf_images: int = Field(100, gt=0)
     patch_size: int = Field(4, gt=0)
     steps: int = Field(16, gt=0)
-    shap_max_evals: int = Field(500, ge=10)
+    shap_max_evals: int = Field(500, ge=10)  # post-hoc SHAP of every evaluated model (same-model faithfulness)
+    removal: Literal["uniform", "noisy_linear"] = "uniform"  # how MoRF/LeRF remove a patch (impactx.morf)
     figure_images: int = Field(4, gt=0)
 
 

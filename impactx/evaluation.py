@@ -1,6 +1,12 @@
-"""The evaluate stage's computation for one (method, seed): test and validation accuracy, and MoRF/AOPC
-of the method's own explanation map against random maps, on the same seeded test subset and the same
-noise for every method and seed. The baseline's map is SHAP of A for its predicted class, post hoc."""
+"""The evaluate stage's computation for one (method, seed), on the same seeded test subset and the same
+removal noise for every method and seed:
+
+- test and validation accuracy;
+- same-model faithfulness: MoRF and LeRF (AOPC, and the symmetric relevance gain SRG) of three maps on
+  this model: its own map (model.explain; the baseline's is SHAP), post-hoc SHAP of this same model for
+  its predicted class, and random maps. The paper's claim that IMPACTX's map is more faithful than SHAP
+  is about one model: own against SHAP here, not across rows of the table;
+- fidelity: agreement of its own map with the teacher (SHAP of A for the true class), with floors."""
 
 from __future__ import annotations
 
@@ -8,12 +14,14 @@ import numpy as np
 import torch
 
 from impactx import morf
-from impactx.fidelity import fidelity
 from impactx.config import Params
 from impactx.data import Dataset, to_float
+from impactx.fidelity import fidelity
 from impactx.methods import Method
 from impactx.shap_maps import partition_shap
 from impactx.train import accuracy, inference_batch_size, predict_logits
+
+MAPS = ("own", "shap", "random")  # the maps judged on each model
 
 
 def morf_subset(ds: Dataset, params: Params) -> tuple[np.ndarray, torch.Tensor]:
@@ -32,11 +40,8 @@ def explain_batched(model, x: torch.Tensor, device: torch.device) -> tuple[torch
     return torch.cat([lg.argmax(1).cpu() for lg, _ in parts]), torch.cat([m.float().cpu() for _, m in parts])
 
 
-def explanation_maps(model, method: Method, x: torch.Tensor, seed: int, params: Params, device) -> torch.Tensor:
-    """The method's own map (model.explain), or SHAP of the model for its predicted class (post_hoc)."""
-    if not method.post_hoc:
-        return explain_batched(model, x, device)[1]
-    pred = predict_logits(model, x, device).argmax(1).numpy()
+def post_hoc_shap(model, x: torch.Tensor, pred: np.ndarray, seed: int, params: Params, device) -> torch.Tensor:
+    """SHAP of the model for its predicted class (evaluate.shap_max_evals evaluations per image)."""
     maps = partition_shap(
         model, x, pred, max_evals=params.evaluate.shap_max_evals, batch_size=params.shap.batch_size,
         masker=params.shap.masker, seed=seed, pool=params.shap.pool_size, device=device,
@@ -44,32 +49,50 @@ def explanation_maps(model, method: Method, x: torch.Tensor, seed: int, params: 
     return torch.from_numpy(maps)
 
 
+def faithfulness(model, x: torch.Tensor, maps: dict[str, torch.Tensor], params: Params, device) -> dict:
+    """{map: {aopc, aopc_lerf, srg, morf_curve, lerf_curve}} for each map on this one model."""
+    p = params.evaluate
+    kw = {"patch_size": p.patch_size, "steps": p.steps, "device": device, "seed": params.seed, "removal": p.removal}
+    out = {}
+    for name, m in maps.items():
+        mo, le = (morf.removal_curves(model, x, m, order=o, **kw) for o in ("morf", "lerf"))
+        out[name] = {"aopc": morf.aopc(mo), "aopc_lerf": morf.aopc(le), "srg": morf.srg(mo, le),
+                     "morf_curve": mo.mean(0).tolist(), "lerf_curve": le.mean(0).tolist()}  # fmt: skip
+    return out
+
+
 def evaluate_run(
     model, method: Method, seed: int, ds: Dataset, params: Params, device, teacher=None, class_maps=None
 ) -> tuple[dict, np.ndarray]:
-    """The result record of one (method, seed) and the maps of the first figure_images MoRF images.
+    """The result record of one (method, seed) and the own maps of the first figure_images MoRF images.
     With `teacher` (SHAP of A for the true class of the MoRF images) and `class_maps` (K×C×H×W class
-    means of the training maps), the record also has the map's agreement with the teacher and the floors'."""
+    means of the training maps), the record also has the map's agreement with the teacher and the floors':
+    the class mean of the true class (an oracle: it knows the label) and of the predicted class (what the
+    model alone could give), and a random map."""
     p = params.evaluate
     idx, x = morf_subset(ds, params)
-    maps = explanation_maps(model, method, x, seed, params, device)
+    pred = predict_logits(model, x, device).argmax(1).numpy()
+    shap_maps = post_hoc_shap(model, x, pred, seed, params, device)
+    own = shap_maps if method.post_hoc else explain_batched(model, x, device)[1]
     random_maps = torch.rand(x.shape, generator=torch.Generator().manual_seed(params.seed))
-    kw = dict(patch_size=p.patch_size, steps=p.steps, device=device, seed=params.seed)
-    curve, random_curve = morf.morf_curves(model, x, maps, **kw), morf.morf_curves(model, x, random_maps, **kw)
+    faith = faithfulness(model, x, {"own": own, "shap": shap_maps, "random": random_maps}, params, device)
     record = {
         "method": method.name,
         "seed": seed,
         "map": method.map_kind,
         "test_accuracy": accuracy(model, ds.test, device),
         "val_accuracy": accuracy(model, ds.val, device),
-        "aopc": morf.aopc(curve),
-        "aopc_random": morf.aopc(random_curve),
+        "aopc": faith["own"]["aopc"],
+        "aopc_random": faith["random"]["aopc"],
+        "removal": p.removal,
+        "faithfulness": faith,
         "morf_images": len(x),
         "morf_fractions": np.linspace(0, 1, p.steps + 1).round(4).tolist(),
-        "morf_curve": curve.mean(0).tolist(),
-        "random_curve": random_curve.mean(0).tolist(),
+        "morf_curve": faith["own"]["morf_curve"],
+        "random_curve": faith["random"]["morf_curve"],
     }
     if teacher is not None:
-        floor = np.asarray(class_maps)[ds.test.y[idx]]
-        record["fidelity"] = fidelity(maps.numpy(), teacher, floor, random_maps.numpy())
-    return record, maps[: p.figure_images].numpy().astype(np.float16)
+        cm = np.asarray(class_maps)
+        floors = {"class_mean": cm[ds.test.y[idx]], "class_mean_pred": cm[pred], "random": random_maps.numpy()}
+        record["fidelity"] = fidelity(own.numpy(), teacher, floors)
+    return record, own[: p.figure_images].numpy().astype(np.float16)

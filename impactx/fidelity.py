@@ -2,8 +2,10 @@
 
 Per image, over its C·H·W values: Pearson and Spearman correlation, and the IoU of the two maps' top
 `top_fraction` pixels (the most positive values). The same scores of two floors tell what the numbers
-mean: the class-mean training map of the true class (a map that knows only the class) and a random map.
-A decoder that only learnt the class mean scores like the class-mean floor."""
+mean (impactx.evaluation passes them): the class-mean training map of the true class (a map that knows
+only the class, and an oracle: it is given the label), the class-mean map of the model's predicted class
+(what the classifier alone gives, with no map of its own), and a random map. A decoder that only learnt
+the class mean scores like the predicted-class floor."""
 
 from __future__ import annotations
 
@@ -32,10 +34,6 @@ def _corr(u: np.ndarray, v: np.ndarray) -> float:
     return 0.0 if su == 0 or sv == 0 else float(((u - u.mean()) * (v - v.mean())).mean() / (su * sv))
 
 
-def fidelity(maps, teacher, class_mean_of_true_class, random_maps) -> dict[str, dict[str, float]]:
-    """{"map" | "class_mean" | "random": {score: value}}: the method's map and the two floors."""
-    return {
-        "map": agreement(maps, teacher),
-        "class_mean": agreement(class_mean_of_true_class, teacher),
-        "random": agreement(random_maps, teacher),
-    }
+def fidelity(maps, teacher, floors: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """{"map": scores, <floor name>: scores, ...}: the method's map and each floor's, against the teacher."""
+    return {"map": agreement(maps, teacher)} | {name: agreement(f, teacher) for name, f in floors.items()}

@@ -84,3 +84,25 @@ def test_the_best_experiment_is_picked_on_validation_only():
         best_experiment(rows, "impactx.test_accuracy.mean")
     with pytest.raises(ImpactXError, match="no experiment has 'abn.val_accuracy.mean'"):
         best_experiment(rows, "abn.val_accuracy.mean")
+
+
+def test_same_model_faithfulness_and_the_predicted_class_floor_are_paired_per_seed():
+    def with_maps(method, seed, own, shap_):
+        faith = {m: {"aopc": a, "aopc_lerf": a - srg_, "srg": srg_} for m, (a, srg_) in
+                 {"own": own, "shap": shap_, "random": (0.1, 0.0)}.items()}  # fmt: skip
+        fid = {w: {"pearson": p, "spearman": p, "iou_top": p} for w, p in
+               {"map": 0.5 + seed / 100, "class_mean": 0.6, "class_mean_pred": 0.4, "random": 0.0}.items()}  # fmt: skip
+        return record(method, seed, 0.6) | {"faithfulness": faith, "fidelity": fid}
+
+    records = [with_maps("baseline", s, (0.3, 0.2), (0.3, 0.2)) for s in range(3)]
+    records += [with_maps("impactx", s, (0.25 + s / 100, 0.1), (0.35, 0.3)) for s in range(3)]
+    s = compare.summarize(records, ["baseline", "impactx"])
+    assert s["impactx"]["aopc_minus_shap"]["mean"] == pytest.approx(-0.09)
+    assert s["impactx"]["srg_minus_shap"]["mean"] == pytest.approx(-0.2) and s["impactx"]["srg_minus_shap"]["n"] == 3
+    assert "aopc_minus_shap" not in s["baseline"]  # its own map is SHAP
+    assert s["impactx"]["pearson_minus_class_mean_pred"]["mean"] == pytest.approx(0.11)
+    md = compare.markdown(s, "toy", [0, 1, 2])
+    assert "| IMPACTX | 0.2600 ± 0.0100 | 0.3500 ± 0.0000 | 0.1000 ± 0.0000 | 0.1000 ± 0.0000 | 0.3000 ± 0.0000 |" in md
+    assert "- IMPACTX, SRG of its own map − post-hoc SHAP of the same model: -0.200 ± 0.000 (3 seeds): less faithful than SHAP" in md
+    assert "- IMPACTX, Pearson with SHAP of A (true class) − the class-mean map of the true class: -0.090 ± 0.025 (3 seeds): below this floor" in md
+    assert "- IMPACTX, Pearson with SHAP of A (true class) − the class-mean map of the predicted class: +0.110 ± 0.025 (3 seeds): beats this floor" in md

@@ -21,7 +21,14 @@ def test_a_map_that_only_knows_the_class_scores_like_the_class_mean_floor():
     labels = rng.integers(0, 2, 40)
     class_maps = rng.normal(size=(2, 3, 8, 8))
     teacher = class_maps[labels] + rng.normal(size=(40, 3, 8, 8))  # class part + image-specific part
-    f = fidelity(class_maps[labels], teacher, class_maps[labels], rng.normal(size=teacher.shape))
+    wrong = (labels + rng.binomial(1, 0.3, 40)) % 2  # a classifier right 70% of the time
+    floors = {
+        "class_mean": class_maps[labels],
+        "class_mean_pred": class_maps[wrong],
+        "random": rng.normal(size=teacher.shape),
+    }
+    f = fidelity(class_maps[labels], teacher, floors)
     assert f["map"] == f["class_mean"] and f["class_mean"]["pearson"] > f["random"]["pearson"] + 0.3
-    better = fidelity(teacher, teacher, class_maps[labels], rng.normal(size=teacher.shape))
+    assert f["class_mean"]["pearson"] > f["class_mean_pred"]["pearson"]  # the oracle floor knows the label
+    better = fidelity(teacher, teacher, floors)
     assert better["map"]["pearson"] > better["class_mean"]["pearson"]

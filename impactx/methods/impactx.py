@@ -75,15 +75,19 @@ class ImpactX(nn.Module):
         self.m.eval()  # M is frozen: keep its batch-norm/dropout (if any) in inference mode
         return self
 
-    def explain(self, x):
+    def _logits_and_z(self, x):
         xn = self.normalize(x)
         with torch.no_grad():
-            m = self.m(xn)
-        z = self.lep(xn)
-        return self.c(torch.cat([m, z], dim=1)), self.decoder(z)
+            m = self.m(xn)  # N×K, M frozen
+        z = self.lep(xn)  # N×latent_dim, in (0, 1)
+        return self.c(torch.cat([m, z], dim=1)), z
 
-    def forward(self, x):
-        return self.explain(x)[0]
+    def explain(self, x):
+        logits, z = self._logits_and_z(x)
+        return logits, self.decoder(z)  # N×K, N×C×H×W
+
+    def forward(self, x):  # the class alone skips the decoder: SHAP and MoRF of this model call it often
+        return self._logits_and_z(x)[0]
 
     def loss(self, x, y, r) -> dict:
         logits, r_hat = self.explain(x)  # N×K, N×C×H×W
