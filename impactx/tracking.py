@@ -156,7 +156,12 @@ def log_evaluation(model: torch.nn.Module, record: dict, ds, params: Params, dev
     from impactx.data import to_float
     from impactx.train import accuracy
 
-    mlflow.log_metrics({k: record[k] for k in ("test_accuracy", "val_accuracy", "aopc", "aopc_random")})
+    metrics = {k: record[k] for k in ("test_accuracy", "val_accuracy", "aopc", "aopc_random")}
+    for m, scores in record.get("faithfulness", {}).items():  # same-model faithfulness: own, shap, random
+        metrics |= {f"{m}_{k}": scores[k] for k in ("aopc", "aopc_lerf", "srg")}
+    for m, scores in record.get("fidelity", {}).items():  # agreement with the teacher: map and floors
+        metrics |= {f"fidelity_{m}_{k}": v for k, v in scores.items()}
+    mlflow.log_metrics(metrics)
     name = f"{params.data.source}-{params.model.backbone}-{record['method']}" if params.mlflow.register_models else None
     logged = log_model(model, to_float(ds.test.x[:2]), name)
     if name:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -14,10 +16,22 @@ from impactx.data import DatasetInfo
 from impactx.methods import Stage1, register
 from impactx.model import Classifier
 
+Target = Literal["max_abs", "standardize"]
+
 
 class ImpactxParams(TrainParams):
     lambda_: float = Field(1.0, ge=0, alias="lambda")  # weight of the map loss; the paper's grid is 0.2-1.4
     latent_dim: int = Field(512, gt=0)  # size of z = sigmoid(FC(...)), the LEP's output
+    target: Target = "max_abs"  # the map as a regression target: max_abs, r/max|r| in [-1, 1] (tanh output);
+    #                             standardize, (r − mean)/std per image (linear output): an MSE on CE's scale
+    decoder_width: int = Field(64, gt=0)  # channels of D's first feature map (halved per upsampling, ≥ 16)
+
+
+def standardize(r: torch.Tensor) -> torch.Tensor:
+    """Per image: zero mean, unit variance over C·H·W (an all-constant map becomes zero)."""
+    flat = r.flatten(1)
+    std = flat.std(1, keepdim=True)
+    return ((flat - flat.mean(1, keepdim=True)) / torch.where(std > 0, std, torch.ones_like(std))).view_as(r)
 
 
 def _decoder_plan(image_size: int) -> tuple[int, int]:
@@ -30,9 +44,10 @@ def _decoder_plan(image_size: int) -> tuple[int, int]:
 
 class Decoder(nn.Module):
     """D(z): FC, reshape, then (conv, ×2 upsample) steps up to the input size (the paper's Fig. 2).
-    tanh output, because targets are SHAP maps scaled to [-1, 1] (see shap_maps.scale_maps)."""
+    tanh output for targets scaled to [-1, 1] (max_abs, see shap_maps.scale_maps); linear for standardized
+    targets (bounded=False)."""
 
-    def __init__(self, latent_dim: int, out_channels: int, image_size: int, width: int = 64):
+    def __init__(self, latent_dim: int, out_channels: int, image_size: int, width: int = 64, bounded: bool = True):
         super().__init__()
         self.side, steps = _decoder_plan(image_size)
         self.width = width
@@ -42,7 +57,7 @@ class Decoder(nn.Module):
             nxt = max(ch // 2, 16)
             layers += [nn.Conv2d(ch, nxt, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest")]
             ch = nxt
-        layers += [nn.Conv2d(ch, out_channels, 3, padding=1), nn.Tanh()]
+        layers += [nn.Conv2d(ch, out_channels, 3, padding=1)] + ([nn.Tanh()] if bounded else [])
         self.convs = nn.Sequential(*layers)
 
     def forward(self, z):
@@ -55,9 +70,19 @@ class ImpactX(nn.Module):
     D(z) is the predicted attribution map. forward() returns logits (for pyfunc/registry);
     explain() returns (logits, map) in one pass."""
 
-    def __init__(self, baseline: Classifier, num_classes: int, image_shape, latent_dim: int = 512, lam: float = 1.0):
+    def __init__(
+        self,
+        baseline: Classifier,
+        num_classes: int,
+        image_shape,
+        latent_dim: int = 512,
+        lam: float = 1.0,
+        target: Target = "max_abs",
+        decoder_width: int = 64,
+    ):
         super().__init__()
         self.lam = lam  # λ, the weight of the map loss (a training setting: not in the state_dict)
+        self.target = target  # how the batch's max-abs scaled maps become regression targets
         c, h, _ = image_shape
         self.normalize = baseline.normalize
         self.m = baseline.backbone
@@ -67,7 +92,7 @@ class ImpactX(nn.Module):
         self.lep = with_new_head(self.m, nn.Sequential(nn.Linear(in_features, latent_dim), nn.Sigmoid()))
         for p in self.lep.parameters():
             p.requires_grad_(True)
-        self.decoder = Decoder(latent_dim, c, h)
+        self.decoder = Decoder(latent_dim, c, h, decoder_width, bounded=target == "max_abs")
         self.c = nn.Sequential(nn.Linear(num_classes + latent_dim, 256), nn.ReLU(), nn.Linear(256, num_classes))
 
     def train(self, mode: bool = True):
@@ -91,6 +116,8 @@ class ImpactX(nn.Module):
 
     def loss(self, x, y, r) -> dict:
         logits, r_hat = self.explain(x)  # N×K, N×C×H×W
+        if self.target == "standardize":
+            r = standardize(r)
         total, ce, mse = impactx_loss(logits, y, r_hat, r, self.lam)
         return {"loss": total, "ce": ce, "mse": mse}
 
@@ -102,10 +129,13 @@ def impactx_loss(logits, y, map_pred, map_target, lam: float):
     return ce + lam * mse, ce, mse
 
 
-def build_impactx(baseline: Classifier, info: DatasetInfo, latent_dim: int, lam: float) -> ImpactX:
-    return ImpactX(baseline, info.num_classes, info.image_shape, latent_dim, lam)
+def build_impactx(baseline: Classifier, info: DatasetInfo, settings: ImpactxParams) -> ImpactX:
+    return ImpactX(
+        baseline, info.num_classes, info.image_shape, settings.latent_dim, settings.lambda_, settings.target,
+        settings.decoder_width,
+    )  # fmt: skip
 
 
 @register("impactx", label="IMPACTX", map_kind="D(LEP(x))", params=ImpactxParams)
 def impactx(stage1: Stage1, settings: ImpactxParams):
-    return build_impactx(stage1.baseline(), stage1.info, settings.latent_dim, settings.lambda_)
+    return build_impactx(stage1.baseline(), stage1.info, settings)

@@ -1,0 +1,164 @@
+"""Why does IMPACTX's decoder agree with its SHAP target no better than a class-mean map? (issue 12, item 4)
+
+On one seed's stage 1 of a pipeline that has run (its data/prepared and models/baseline/seed<seed>.pt),
+this trains IMPACTX variants on a seeded subset of the training images and scores each decoder map
+against SHAP of A for the true class, on the held-out MoRF images (and on training images, to separate
+fitting from generalising), next to three floors: the class-mean training map of the true class (an
+oracle), of the predicted class, and a random map. Variants change one thing each:
+
+    paper          max_abs targets (r / max|r|, tanh decoder), λ = 1, decoder width 64: the default
+    lambda30       the same with λ = 30: the MSE of max_abs targets is about 1/30 of the CE
+    standardize    (r − mean)/std per image, linear decoder, λ = 1: the MSE on the CE's scale
+    width256       max_abs, decoder width 256
+    evals2000      max_abs, targets from SHAP at 2000 evaluations instead of 500 (same images)
+    std_evals2000  standardize with the 2000-evaluation targets
+
+Run from the project root of a pipeline on CIFAR-10 (README "Why the decoder learns less than the class
+mean"); SHAP maps are cached in .study_work/ (resumable), results written to --out as JSON:
+
+    python studies/decoder_fidelity.py --seed 0 --train-images 10000 --epochs 15 --out metrics/decoder_study.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path.cwd()))  # the project's impactx, like the stages
+
+from impactx import data, layout, methods  # noqa: E402
+from impactx.config import load_params  # noqa: E402
+from impactx.data import Split  # noqa: E402
+from impactx.evaluation import explain_batched, morf_subset  # noqa: E402
+from impactx.fidelity import agreement  # noqa: E402
+from impactx.methods.impactx import ImpactxParams, build_impactx  # noqa: E402
+from impactx.io import save_json  # noqa: E402
+from impactx.shap_maps import class_mean_maps, compute_maps, partition_shap, scale_maps  # noqa: E402
+from impactx.train import predict_logits, resolve_device, seed_everything, train_model  # noqa: E402
+from impactx.data import to_float  # noqa: E402
+
+VARIANTS = {  # name: (ImpactxParams changes, SHAP evaluations of the targets)
+    "paper": ({}, 500),
+    "lambda30": ({"lambda": 30.0}, 500),
+    "standardize": ({"target": "standardize"}, 500),
+    "width256": ({"decoder_width": 256}, 500),
+    "evals2000": ({}, 2000),
+    "std_evals2000": ({"target": "standardize"}, 2000),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-images", type=int, default=10000, help="seeded subset of the training split")
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--out", default="metrics/decoder_study.json")
+    args = ap.parse_args()
+
+    params = load_params()
+    device = resolve_device(params.device)
+    ds = data.load(layout.PREPARED)
+    _, a = methods.load(layout.model("baseline", args.seed), ds.info, params.model)
+    rng = np.random.default_rng(args.seed)
+    sub = np.sort(rng.permutation(len(ds.train.y))[: args.train_images])
+    train = Split(ds.train.x[sub], ds.train.y[sub])
+    k = ds.info.num_classes
+
+    maps: dict[int, np.ndarray] = {}
+
+    def targets(evals: int) -> np.ndarray:  # SHAP of the subset at `evals`, computed on first use (resumable)
+        if evals not in maps:
+            t0 = time.time()
+            raw, _ = compute_maps(
+                a, train.x, train.y, max_evals=evals, batch_size=params.shap.batch_size, masker=params.shap.masker,
+                shard_size=params.shap.shard_size, seed=args.seed, device=device, work_root=Path(".study_work"),
+                pool=params.shap.pool_size,
+            )  # fmt: skip
+            maps[evals] = scale_maps(raw)
+            print(f"study: SHAP of {len(sub)} training images at {evals} evaluations: {time.time() - t0:.0f} s", flush=True)
+        return maps[evals]
+
+    idx, x_test = morf_subset(ds, params)
+    y_test = ds.test.y[idx]
+    teacher_path = layout.teacher_maps(args.seed)
+    if teacher_path.exists():
+        teacher = np.load(teacher_path)
+    else:
+        teacher = partition_shap(a, x_test, y_test, max_evals=params.shap.max_evals, batch_size=params.shap.batch_size,
+                                 masker=params.shap.masker, seed=args.seed, pool=params.shap.pool_size, device=device)  # fmt: skip
+    probe = np.sort(rng.permutation(len(sub))[: len(idx)])  # training images, to see what was fitted
+    x_probe = to_float(train.x[probe])
+
+    results = {"seed": args.seed, "train_images": len(sub), "epochs": args.epochs, "test_images": len(idx), "variants": {}}
+    class_of = lambda evals: class_mean_maps(targets(evals), train.y, k).numpy()  # noqa: E731
+    class_maps = class_of(500)
+    a_pred = predict_logits(a, x_test, device).argmax(1).numpy()
+    results["floors"] = {
+        "class_mean": agreement(class_maps[y_test], teacher),
+        "class_mean_pred_A": agreement(class_maps[a_pred], teacher),
+        "random": agreement(np.random.default_rng(0).random(teacher.shape), teacher),
+    }
+    print("study: floors on held-out images:", json.dumps(results["floors"]), flush=True)
+    for name in sorted(args.variants, key=lambda v: VARIANTS[v][1]):  # the cheaper targets first
+        change, evals = VARIANTS[name]
+        settings = ImpactxParams.model_validate(
+            params.impactx.model_dump(by_alias=True) | {"epochs": args.epochs} | change
+        )
+        seed_everything(args.seed)
+        model = build_impactx(a_copy(a, ds, params, args.seed), ds.info, settings)
+        t0 = time.time()
+        run = train_model(model, train, ds.val, settings, device, args.seed, recipe=params.recipe,
+                          maps=torch.from_numpy(targets(evals)), desc=f"study {name}")  # fmt: skip
+        pred, own = explain_batched(model, x_test, device)
+        _, own_probe = explain_batched(model, x_probe, device)
+        hist = run["history"]
+        res = {
+            "settings": change,
+            "target_evals": evals,
+            "seconds": round(time.time() - t0, 1),
+            "val_accuracy": run["best_val_accuracy"],
+            "map_loss_first_last": [hist[0]["train_mse"], hist[-1]["train_mse"]],
+            "test": agreement(own.numpy(), teacher),
+            "test_class_mean_pred": agreement(class_of(evals)[pred.numpy()], teacher),
+            "train": agreement(own_probe.numpy(), maps[evals][probe]),
+            "train_class_mean": agreement(class_of(evals)[train.y[probe]], maps[evals][probe]),
+        }
+        results["variants"][name] = res
+        print(f"study {name}: " + json.dumps(res), flush=True)
+        save_json(Path(args.out), results)
+    print(table(results))
+
+
+def a_copy(a, ds, params, seed):
+    """A fresh copy of stage 1 for each variant (IMPACTX freezes and wraps it)."""
+    return methods.load(layout.model("baseline", seed), ds.info, params.model)[1]
+
+
+def table(results: dict) -> str:
+    f = results["floors"]
+    lines = [
+        f"Pearson with SHAP of A (true class), seed {results['seed']}, {results['train_images']} training images,"
+        f" {results['epochs']} epochs; held-out: {results['test_images']} test images",
+        f"floors (held-out): true-class mean {f['class_mean']['pearson']:.3f}, A's predicted-class mean"
+        f" {f['class_mean_pred_A']['pearson']:.3f}, random {f['random']['pearson']:.3f}",
+        "| variant | held-out: D(LEP(x)) | held-out: its predicted-class mean | train: D(LEP(x)) | train: true-class mean | map loss first → last | val acc |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in results["variants"].items():
+        lo, hi = r["map_loss_first_last"]
+        lines.append(
+            f"| {name} | {r['test']['pearson']:.3f} | {r['test_class_mean_pred']['pearson']:.3f} | "
+            f"{r['train']['pearson']:.3f} | {r['train_class_mean']['pearson']:.3f} | {lo:.4f} → {hi:.4f} | {r['val_accuracy']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
