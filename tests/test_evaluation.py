@@ -1,0 +1,49 @@
+"""One (method, seed) evaluation: same-model faithfulness of its own map, post-hoc SHAP of that model and
+random maps, with either removal, and fidelity with its floors."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import CPU, tiny_info
+
+from impactx import methods
+from impactx.config import parse_params
+from impactx.data import Dataset, Split
+from impactx.evaluation import evaluate_run
+from impactx.methods import Stage1
+
+INFO = tiny_info(size=16)
+
+
+def tiny_dataset(n=12, k=4) -> Dataset:
+    rng = np.random.default_rng(0)
+    split = lambda: Split(rng.integers(0, 256, (n, 3, 16, 16), dtype=np.uint8), rng.integers(0, k, n))  # noqa: E731
+    return Dataset(split(), split(), split(), INFO)
+
+
+@pytest.mark.parametrize("removal", ["uniform", "noisy_linear"])
+def test_every_model_is_judged_with_its_own_map_shap_of_itself_and_random_maps(tmp_path, removal):
+    params = parse_params({"impactx": {"latent_dim": 16},
+                           "evaluate": {"morf_images": 6, "steps": 4, "shap_max_evals": 40, "removal": removal}})  # fmt: skip
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    path = tmp_path / "baseline.pt"
+    methods.save(path, "baseline", params.finetune, methods.build("baseline", Stage1(INFO, params.model), params))
+    class_maps = np.random.default_rng(1).standard_normal((4, 3, 16, 16))
+    teacher = np.random.default_rng(2).standard_normal((6, 3, 16, 16))
+    records = {}
+    for name in ("baseline", "impactx"):
+        stage1 = Stage1(INFO, params.model, path, np.zeros((12, 3, 16, 16), np.float32), ds.train.y)
+        model = methods.build(name, stage1, params).eval()
+        records[name], maps = evaluate_run(model, methods.get(name), 0, ds, params, CPU, teacher, class_maps)
+        assert maps.shape == (params.evaluate.figure_images, 3, 16, 16)
+    for name, r in records.items():
+        assert r["removal"] == removal and set(r["faithfulness"]) == {"own", "shap", "random"}
+        for scores in r["faithfulness"].values():
+            assert scores["srg"] == pytest.approx(scores["aopc"] - scores["aopc_lerf"], abs=1e-6)
+            assert len(scores["morf_curve"]) == len(scores["lerf_curve"]) == 5
+        assert r["aopc"] == r["faithfulness"]["own"]["aopc"] and r["aopc_random"] == r["faithfulness"]["random"]["aopc"]
+        assert set(r["fidelity"]) == {"map", "class_mean", "class_mean_pred", "random"}
+    base = records["baseline"]["faithfulness"]
+    assert base["own"] == base["shap"]  # the baseline's own map is post-hoc SHAP of A
+    assert records["impactx"]["faithfulness"]["own"] != records["impactx"]["faithfulness"]["shap"]
