@@ -180,6 +180,7 @@ def shard_maps(model, x, y, lo, kw, threads: int | None = None) -> np.ndarray:
 
     if threads:
         torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # in every worker process too: see impactx.cli.run_stage
     return partition_shap(model, to_float(x), y, first_index=lo, **kw)
 
 

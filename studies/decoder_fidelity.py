@@ -62,6 +62,7 @@ def main():
     ap.add_argument("--out", default="metrics/decoder_study.json")
     args = ap.parse_args()
 
+    torch.set_flush_denormal(True)  # as the stages do (impactx.cli.run_stage)
     params = load_params()
     device = resolve_device(params.device)
     ds = data.load(layout.PREPARED)

@@ -73,7 +73,9 @@ def test_repro_runs_every_method_and_seed_and_writes_table2(project):
     assert table["baseline"]["epochs_run"]["mean"] == 2  # TINY: 2 epochs, no early stopping
     assert "Agreement with SHAP of A for the true class" in md and "| IMPACTX | " in md.split("Agreement", 1)[1]
     fid = json.loads((root / "results/impactx/seed0.json").read_text())["fidelity"]
-    assert set(fid) == {"map", "class_mean", "random"} and -1 <= fid["map"]["pearson"] <= 1
+    assert set(fid) == {"map", "class_mean", "class_mean_pred", "random"} and -1 <= fid["map"]["pearson"] <= 1
+    assert "Same-model faithfulness" in md and "post-hoc SHAP of the same model" in md
+    assert set(table["impactx"]["faithfulness"]) == {"own", "shap", "random"} and "srg_minus_shap" in table["impactx"]
     for label in ("Baseline A", "IMPACTX", "IMPACTX, λ = 0 (control)", "ABN", "WAE"):
         assert f"| {label} | " in md
     rows = json.loads((root / "plots/morf.json").read_text())
