@@ -12,6 +12,8 @@ oracle), of the predicted class, and a random map. Variants change one thing eac
     width256       max_abs, decoder width 256
     evals2000      max_abs, targets from SHAP at 2000 evaluations instead of 500 (same images)
     std_evals2000  standardize with the 2000-evaluation targets
+    pearson        max_abs targets, map loss 1 − per-image Pearson correlation instead of the MSE
+    pearson_evals2000  the same with the 2000-evaluation targets
 
 Run from the project root of a pipeline on CIFAR-10 (README "Why the decoder learns less than the class
 mean"); SHAP maps are cached in .study_work/ (resumable), results written to --out as JSON:
@@ -50,6 +52,8 @@ VARIANTS = {  # name: (ImpactxParams changes, SHAP evaluations of the targets)
     "width256": ({"decoder_width": 256}, 500),
     "evals2000": ({}, 2000),
     "std_evals2000": ({"target": "standardize"}, 2000),
+    "pearson": ({"map_loss": "pearson"}, 500),
+    "pearson_evals2000": ({"map_loss": "pearson"}, 2000),
 }
 
 
@@ -125,7 +129,7 @@ def main():
             "target_evals": evals,
             "seconds": round(time.time() - t0, 1),
             "val_accuracy": run["best_val_accuracy"],
-            "map_loss_first_last": [hist[0]["train_mse"], hist[-1]["train_mse"]],
+            "map_loss_first_last": [hist[0][f"train_{settings.map_loss}"], hist[-1][f"train_{settings.map_loss}"]],
             "test": agreement(own.numpy(), teacher),
             "test_class_mean_pred": agreement(class_of(evals)[pred.numpy()], teacher),
             "train": agreement(own_probe.numpy(), maps[evals][probe]),

@@ -55,3 +55,14 @@ def test_loss_is_ce_plus_lambda_mse():
     assert torch.allclose(mse, ((pred - target) ** 2).mean())
     assert torch.allclose(total, ce + 0.6 * mse)
     assert torch.allclose(impactx_loss(logits, y, pred, target, 0.0)[0], ce)
+
+
+def test_pearson_map_loss_ignores_offset_and_scale():
+    from impactx.methods.impactx import pearson_loss
+
+    target = torch.rand(4, 3, 8, 8)
+    assert pearson_loss(3 * target + 1, target) == pytest.approx(0, abs=1e-6)
+    assert pearson_loss(-target, target) == pytest.approx(2, abs=1e-6)
+    logits, y = torch.randn(4, 5), torch.randint(0, 5, (4,))
+    total, ce, m = impactx_loss(logits, y, 2 * target, target, 0.5, "pearson")
+    assert torch.allclose(total, ce) and m.abs() < 1e-6

@@ -25,6 +25,7 @@ class ImpactxParams(TrainParams):
     target: Target = "max_abs"  # the map as a regression target: max_abs, r/max|r| in [-1, 1] (tanh output);
     #                             standardize, (r − mean)/std per image (linear output): an MSE on CE's scale
     decoder_width: int = Field(64, gt=0)  # channels of D's first feature map (halved per upsampling, ≥ 16)
+    map_loss: Literal["mse", "pearson"] = "mse"  # mse: the paper's; pearson: 1 − per-image correlation
 
 
 def standardize(r: torch.Tensor) -> torch.Tensor:
@@ -79,10 +80,12 @@ class ImpactX(nn.Module):
         lam: float = 1.0,
         target: Target = "max_abs",
         decoder_width: int = 64,
+        map_loss: str = "mse",
     ):
         super().__init__()
         self.lam = lam  # λ, the weight of the map loss (a training setting: not in the state_dict)
         self.target = target  # how the batch's max-abs scaled maps become regression targets
+        self.map_loss = map_loss  # mse | pearson
         c, h, _ = image_shape
         self.normalize = baseline.normalize
         self.m = baseline.backbone
@@ -118,21 +121,29 @@ class ImpactX(nn.Module):
         logits, r_hat = self.explain(x)  # N×K, N×C×H×W
         if self.target == "standardize":
             r = standardize(r)
-        total, ce, mse = impactx_loss(logits, y, r_hat, r, self.lam)
-        return {"loss": total, "ce": ce, "mse": mse}
+        total, ce, m = impactx_loss(logits, y, r_hat, r, self.lam, self.map_loss)
+        return {"loss": total, "ce": ce, self.map_loss: m}
 
 
-def impactx_loss(logits, y, map_pred, map_target, lam: float):
-    """L = CE(y, C(m, z)) + λ·MSE(r, D(LEP(x))); returns (total, ce, mse) for logging."""
+def pearson_loss(map_pred, map_target):
+    """1 − the mean over images of the Pearson correlation over C·H·W: what fidelity measures, blind to
+    each map's offset and scale."""
+    p, t = map_pred.flatten(1), map_target.flatten(1)
+    p, t = p - p.mean(1, keepdim=True), t - t.mean(1, keepdim=True)
+    return 1 - ((p * t).sum(1) / (p.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-8)).mean()
+
+
+def impactx_loss(logits, y, map_pred, map_target, lam: float, map_loss: str = "mse"):
+    """L = CE(y, C(m, z)) + λ·MSE(r, D(LEP(x))) (or λ·pearson_loss); returns (total, ce, map loss)."""
     ce = F.cross_entropy(logits, y)
-    mse = F.mse_loss(map_pred, map_target)
-    return ce + lam * mse, ce, mse
+    m = F.mse_loss(map_pred, map_target) if map_loss == "mse" else pearson_loss(map_pred, map_target)
+    return ce + lam * m, ce, m
 
 
 def build_impactx(baseline: Classifier, info: DatasetInfo, settings: ImpactxParams) -> ImpactX:
     return ImpactX(
         baseline, info.num_classes, info.image_shape, settings.latent_dim, settings.lambda_, settings.target,
-        settings.decoder_width,
+        settings.decoder_width, settings.map_loss,
     )  # fmt: skip
 
 
