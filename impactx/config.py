@@ -8,16 +8,32 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from impactx import ImpactXError
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _floats_written_as_exponents(cls, raw):
+        """YAML 1.1 reads `1e-3` (no dot) as a string: take it as the number it plainly is, for float keys."""
+        if not isinstance(raw, dict):
+            return raw
+        out = dict(raw)
+        for name, f in cls.model_fields.items():
+            for key in {name, f.alias or name}:
+                if isinstance(out.get(key), str) and float in (f.annotation, *get_args(f.annotation)):
+                    try:
+                        out[key] = float(out[key])
+                    except ValueError:
+                        pass  # not a number: the validation names it
+        return out
 
 
 class MlflowParams(_Section):
