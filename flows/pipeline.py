@@ -14,6 +14,8 @@ flow-run id as the tag `prefect_flow_run_id`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from impactx.io import atomic_write
 from impactx.tracking import FLOW_RUN_ENV  # the stages' MLflow runs take the flow-run id from it
 
 PROGRESS_EVERY = 30.0  # seconds between two logged progress-bar lines
@@ -118,13 +121,45 @@ def pipeline(
     """All stages in DAG order. `overrides` are `dvc exp run -S` settings ({"impactx.lambda": 0.4});
     the run is saved as DVC experiment `experiment` (default: prefect-<flow run name>)."""
     repo = Path(root).resolve()
-    if overrides:
-        apply_overrides(repo, overrides)
-    results = {stage: dvc_stage(stage, str(repo)) for stage in stages(repo)}
-    name = experiment or f"prefect-{flow_run.name}"
-    subprocess.run([DVC, "exp", "save", "--force", "--name", name], cwd=repo, check=True, capture_output=True)
+    with checkout_lock(repo), params_restored(repo):
+        if overrides:
+            apply_overrides(repo, overrides)
+        results = {stage: dvc_stage(stage, str(repo)) for stage in stages(repo)}
+        name = experiment or f"prefect-{flow_run.name}"
+        subprocess.run([DVC, "exp", "save", "--force", "--name", name], cwd=repo, check=True, capture_output=True)
     print(f"saved as DVC experiment {name}: {results}")
     return results
+
+
+@contextlib.contextmanager
+def params_restored(repo: Path):
+    """params.yaml byte for byte as it was before the run, whatever the run did to it: the overrides live
+    in the saved experiment, and the next run (the nightly one, say) starts from params.yaml as committed."""
+    path = repo / "params.yaml"
+    before = path.read_bytes()
+    try:
+        yield
+    finally:
+        if path.read_bytes() != before:
+            atomic_write(path, lambda tmp: tmp.write_bytes(before))
+
+
+@contextlib.contextmanager
+def checkout_lock(repo: Path):
+    """One flow run at a time in a checkout: deployments that share a clone (nightly, lambda-sweep) wait
+    for each other instead of rewriting each other's params.yaml."""
+    lock_path = repo / ".dvc" / "tmp" / "impactx-flow.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"another flow run holds {lock_path}: waiting for it to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @flow(name="impactx-sweep", log_prints=True)

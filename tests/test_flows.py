@@ -22,10 +22,35 @@ def load(entrypoint: str):
     return load_flow_from_entrypoint(str(REPO / entrypoint))
 
 
-def test_overrides_are_written_as_dvc_exp_run_would(tmp_path):
+def flows_module():
     spec = importlib.util.spec_from_file_location("flows_pipeline", REPO / "flows/pipeline.py")
     flows = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(flows)
+    return flows
+
+
+def test_a_flow_run_leaves_params_yaml_as_it_found_it_and_holds_the_checkout(tmp_path):
+    import threading
+
+    flows = flows_module()
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    before = (tmp_path / "params.yaml").read_bytes()
+    with pytest.raises(RuntimeError), flows.params_restored(tmp_path):
+        flows.apply_overrides(tmp_path, {"impactx.lambda": 1.4, "methods": ["impactx"]})
+        raise RuntimeError("a stage failed")
+    assert (tmp_path / "params.yaml").read_bytes() == before
+    order = []
+    with flows.checkout_lock(tmp_path):
+        second = threading.Thread(target=lambda: flows.checkout_lock(tmp_path).__enter__() or order.append("second"))
+        second.start()
+        second.join(0.5)
+        order.append("first done")
+    second.join(5)
+    assert order == ["first done", "second"]  # the second run waited for the first
+
+
+def test_overrides_are_written_as_dvc_exp_run_would(tmp_path):
+    flows = flows_module()
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     flows.apply_overrides(
         tmp_path,
@@ -44,10 +69,13 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
     root = tiny_project(tmp_path, seeds=[0], methods=["impactx"], controls=[])
     pipeline = load("flows/pipeline.py:pipeline")
 
+    committed = (root / "params.yaml").read_bytes()
     state = pipeline(overrides={"impactx.lambda": 0.4}, experiment="tiny", root=str(root), return_state=True)
     assert state.is_completed(), state.message
     assert set(state.result().values()) == {"ran"}
-    assert yaml.safe_load((root / "params.yaml").read_text())["impactx"]["lambda"] == 0.4
+    assert (root / "params.yaml").read_bytes() == committed  # the next run starts from params.yaml as committed
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], root).stdout)
+    assert '"lambda": 0.4' in json.dumps(shown)  # the override lives in the saved experiment
     assert "tiny" in run(["dvc", "exp", "list", "--name-only"], root).stdout
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id])
@@ -57,11 +85,11 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
     assert list(state.result()) == stages  # dvc.yaml's order, foreach/matrix expanded
     assert {r.data.tags["dvc_stage"] for r in tagged} == set(stages) - {"teacher@0"}  # teacher: no MLflow run
 
-    again = pipeline(root=str(root), experiment="tiny-again")  # DVC's cache decides: nothing runs
-    assert set(again.values()) == {"skipped"}
+    again = pipeline(overrides={"impactx.lambda": 0.4}, root=str(root), experiment="tiny-again")
+    assert set(again.values()) == {"skipped"}  # DVC's cache decides: nothing runs
 
     bad = pipeline(overrides={"finetune.epochs": "ten"}, root=str(root), return_state=True)
-    assert bad.is_failed()
+    assert bad.is_failed() and (root / "params.yaml").read_bytes() == committed
     error = bad.result(raise_on_failure=False)
     assert "error: params.yaml: finetune.epochs: Input should be a valid integer" in str(error)
     assert type(error).__name__ == "BadInput"  # not retried: the same input fails the same way
