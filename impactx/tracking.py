@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from impactx.config import Params
 
 CHAMPION = "champion"
+HOST_TAG, PID_TAG = "impactx.host", "impactx.pid"  # which process a stage run belongs to (end_orphans)
 FLOW_RUN_ENV = "IMPACTX_PREFECT_FLOW_RUN_ID"  # set by flows/pipeline.py for the stages it runs
 
 
@@ -112,8 +115,56 @@ def stage_run(
         tags["method"] = method
     if seed is not None:
         tags["seed"] = str(seed)
+    tags.update({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+    end_orphans(experiment_id)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, tags=tags) as run:
-        yield run
+        previous = signal.signal(signal.SIGTERM, _killed) if _main_thread() else None
+        try:
+            yield run
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _killed(signum, frame):
+    """SIGTERM (a cancelled Prefect run, `kill`, a CI timeout): end the MLflow run as KILLED, then exit;
+    the atomic writes remove their temporary files on the way out."""
+    mlflow.end_run("KILLED")
+    raise SystemExit(128 + signum)
+
+
+def end_orphans(experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a stage process of this machine that no longer exists (SIGKILL, power loss)
+    are ended as KILLED: no run stays RUNNING for ever. Returns their ids."""
+    host = socket.gethostname()
+    client = MlflowClient()
+    found = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+    )
+    ended = []
+    for run in found:
+        pid = int(run.data.tags.get(PID_TAG, "0"))
+        if pid and not _alive(pid):
+            client.set_tag(run.info.run_id, "impactx.ended_by", "the next stage run: its process had died")
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def log_params_section(params: Params, *sections: str) -> None:

@@ -60,3 +60,45 @@ def test_a_queued_experiments_workspace_logs_into_the_projects_store(tmp_path):
     assert tracking.tracking_uri("sqlite:///mlflow.db", workspace) == f"sqlite:///{project.resolve()}/mlflow.db"
     assert tracking.tracking_uri("sqlite:////srv/mlflow.db", workspace) == "sqlite:////srv/mlflow.db"
     assert tracking.tracking_uri("http://127.0.0.1:5000", workspace) == "http://127.0.0.1:5000"
+
+
+STAGE_THAT_HANGS = """
+import sys, time
+from impactx import tracking
+from impactx.config import parse_params
+params = parse_params({"mlflow": {"tracking_uri": sys.argv[1]}})
+with tracking.stage_run("train@impactx-0", params):
+    print("started", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_killed_stage_leaves_no_run_running(tmp_path, sig):
+    """SIGTERM ends the run as KILLED at once; after SIGKILL the next stage run ends it as KILLED."""
+    import signal
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    params = parse_params({"mlflow": {"tracking_uri": uri}})
+    tracking.setup(params)
+    script = tmp_path / "stage.py"
+    script.write_text(STAGE_THAT_HANGS)
+    p = subprocess.Popen([sys.executable, str(script), uri], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "started"
+    p.send_signal(getattr(signal, sig))
+    p.wait(30)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(params.mlflow.experiment).experiment_id
+    child = [r for r in client.search_runs([exp]) if r.data.tags.get("dvc_stage") == "train@impactx-0"]
+    assert len(child) == 1
+    if sig == "SIGTERM":
+        assert p.returncode == 128 + signal.SIGTERM and child[0].info.status == "KILLED"
+        return
+    assert child[0].info.status == "RUNNING"  # nothing could run in a SIGKILLed process
+    mlflow.set_tracking_uri(uri)
+    with tracking.stage_run("train@impactx-0", params):  # the next run of any stage on this machine
+        pass
+    assert client.get_run(child[0].info.run_id).info.status == "KILLED"
+    assert all(r.info.status != "RUNNING" for r in client.search_runs([exp]))
