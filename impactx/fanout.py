@@ -77,6 +77,16 @@ def _prefect_env() -> dict:
         return {"PREFECT_API_URL": str(client.api_url)}
 
 
+def local_cluster_kwargs(workers: int, gpus_per_shard: float = 0.0) -> dict:
+    """A LocalCluster of single-threaded worker processes that listens on loopback only: its scheduler and
+    its dashboard (a random free port) are not reachable from other machines."""
+    kw = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+          "dashboard_address": "127.0.0.1:0"}  # fmt: skip
+    if gpus_per_shard:
+        kw["resources"] = {"GPU": 1}
+    return kw
+
+
 def dask_runner(address: str | None = None, workers: int = 2, gpus_per_shard: float = 0.0):
     """A compute_maps runner: shard jobs as Prefect tasks on the Dask cluster at `address`, or on a
     LocalCluster of `workers` single-threaded worker processes when address is None."""
@@ -88,9 +98,7 @@ def dask_runner(address: str | None = None, workers: int = 2, gpus_per_shard: fl
         if address:
             task_runner, threads = DaskTaskRunner(address=address), None  # the cluster's workers decide
         else:
-            cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "env": _prefect_env()}
-            if gpus_per_shard:
-                cluster["resources"] = {"GPU": 1}
+            cluster = local_cluster_kwargs(workers, gpus_per_shard) | {"env": _prefect_env()}
             task_runner, threads = DaskTaskRunner(cluster_kwargs=cluster), max(1, (os.cpu_count() or 1) // workers)
         batch = uuid.uuid4().hex
         _PENDING[batch] = (jobs, on_done, progress, threads, gpus_per_shard)

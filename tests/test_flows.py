@@ -14,7 +14,7 @@ from conftest import CPU, REPO, run, tiny_model, tiny_project
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 
-from impactx.fanout import dask_runner
+from impactx.fanout import dask_runner, local_cluster_kwargs
 from impactx.shap_maps import compute_maps
 
 
@@ -144,3 +144,9 @@ def test_deployments_load_and_validate():
     sweep = deployments["lambda-sweep"]["parameters"]
     assert all(0.2 <= lam <= 1.4 for lam in sweep["lambdas"]) and len(sweep["seeds"]) == 3
     json.dumps(sweep)  # parameters travel as JSON
+
+
+def test_the_local_dask_cluster_listens_on_loopback_only():
+    kw = local_cluster_kwargs(2)
+    assert kw["host"] == "127.0.0.1" and kw["dashboard_address"].startswith("127.0.0.1:")
+    assert "resources" not in kw and local_cluster_kwargs(2, 1.0)["resources"] == {"GPU": 1}
