@@ -26,6 +26,7 @@ class ImpactxParams(TrainParams):
     #                             standardize, (r − mean)/std per image (linear output): an MSE on CE's scale
     decoder_width: int = Field(64, gt=0)  # channels of D's first feature map (halved per upsampling, ≥ 16)
     map_loss: Literal["mse", "pearson"] = "mse"  # mse: the paper's; pearson: 1 − per-image correlation
+    decoder_input: Literal["layernorm", "raw"] = "layernorm"  # D's input: LayerNorm(z), or z itself (raw)
 
 
 def standardize(r: torch.Tensor) -> torch.Tensor:
@@ -48,11 +49,22 @@ class Decoder(nn.Module):
     tanh output for targets scaled to [-1, 1] (max_abs, see shap_maps.scale_maps); linear for standardized
     targets (bounded=False)."""
 
-    def __init__(self, latent_dim: int, out_channels: int, image_size: int, width: int = 64, bounded: bool = True):
+    def __init__(
+        self,
+        latent_dim: int,
+        out_channels: int,
+        image_size: int,
+        width: int = 64,
+        bounded: bool = True,
+        normalize_input: bool = True,
+    ):
         super().__init__()
         self.side, steps = _decoder_plan(image_size)
         self.width = width
-        self.fc = nn.Sequential(nn.Linear(latent_dim, width * self.side * self.side), nn.ReLU())
+        # z = sigmoid(...) sits near 0.5 and varies little between images: a LayerNorm first lets D read
+        # that variation (README, "Why the decoder learns less than the class mean")
+        norm = [nn.LayerNorm(latent_dim)] if normalize_input else []
+        self.fc = nn.Sequential(*norm, nn.Linear(latent_dim, width * self.side * self.side), nn.ReLU())
         layers, ch = [], width
         for _ in range(steps):
             nxt = max(ch // 2, 16)
@@ -81,6 +93,7 @@ class ImpactX(nn.Module):
         target: Target = "max_abs",
         decoder_width: int = 64,
         map_loss: str = "mse",
+        decoder_input: str = "layernorm",
     ):
         super().__init__()
         self.lam = lam  # λ, the weight of the map loss (a training setting: not in the state_dict)
@@ -95,7 +108,9 @@ class ImpactX(nn.Module):
         self.lep = with_new_head(self.m, nn.Sequential(nn.Linear(in_features, latent_dim), nn.Sigmoid()))
         for p in self.lep.parameters():
             p.requires_grad_(True)
-        self.decoder = Decoder(latent_dim, c, h, decoder_width, bounded=target == "max_abs")
+        self.decoder = Decoder(
+            latent_dim, c, h, decoder_width, bounded=target == "max_abs", normalize_input=decoder_input == "layernorm"
+        )
         self.c = nn.Sequential(nn.Linear(num_classes + latent_dim, 256), nn.ReLU(), nn.Linear(256, num_classes))
 
     def train(self, mode: bool = True):
@@ -143,7 +158,7 @@ def impactx_loss(logits, y, map_pred, map_target, lam: float, map_loss: str = "m
 def build_impactx(baseline: Classifier, info: DatasetInfo, settings: ImpactxParams) -> ImpactX:
     return ImpactX(
         baseline, info.num_classes, info.image_shape, settings.latent_dim, settings.lambda_, settings.target,
-        settings.decoder_width, settings.map_loss,
+        settings.decoder_width, settings.map_loss, settings.decoder_input,
     )  # fmt: skip
 
 
