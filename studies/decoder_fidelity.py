@@ -67,6 +67,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", default="metrics/decoder_study.json")
+    ap.add_argument("--capacity", action="store_true", help="the decoder-alone diagnostics instead (see capacity)")
     args = ap.parse_args()
 
     torch.set_flush_denormal(True)  # as the stages do (impactx.cli.run_stage)
@@ -111,9 +112,15 @@ def main():
     results["floors"] = {
         "class_mean": agreement(class_maps[y_test], teacher),
         "class_mean_pred_A": agreement(class_maps[a_pred], teacher),
+        "global_mean": agreement(np.repeat(targets(500).mean(0, keepdims=True), len(idx), 0), teacher),
         "random": agreement(np.random.default_rng(0).random(teacher.shape), teacher),
     }
     print("study: floors on held-out images:", json.dumps(results["floors"]), flush=True)
+    if args.capacity:
+        results["capacity"] = capacity(a, ds, params, train, targets(500), probe, x_test, teacher, args.seed)
+        save_json(Path(args.out), results)
+        print(json.dumps(results["capacity"], indent=1))
+        return
     for name in sorted(args.variants, key=lambda v: VARIANTS[v][1]):  # the cheaper targets first
         change, evals = VARIANTS[name]
         settings = ImpactxParams.model_validate(
@@ -142,6 +149,60 @@ def main():
         print(f"study {name}: " + json.dumps(res), flush=True)
         save_json(Path(args.out), results)
     print(table(results))
+
+
+def capacity(a, ds, params, train: Split, maps: np.ndarray, probe, x_test, teacher, seed: int) -> dict:
+    """The decoder alone (Adam, lr 0.001, batch 64, MSE on max_abs targets), on fixed inputs: what it can
+    fit on the training images (probe, no augmentation, 940 steps) and what of it holds on held-out images
+    (1,880 steps, with and without the recipe's augmentation). Inputs: the one-hot true class; z of an
+    untrained LEP (a copy of A with a fresh FC(512) + sigmoid), raw and through a LayerNorm; A's
+    penultimate features."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from impactx.methods.impactx import Decoder
+    from impactx.train import augment
+
+    seed_everything(seed)
+    imp = build_impactx(a, ds.info, ImpactxParams())
+    x, r = to_float(train.x), torch.from_numpy(maps)
+    onehot = lambda idx, xb: F.one_hot(torch.from_numpy(train.y[idx]), ds.info.num_classes).float()  # noqa: E731
+    z = lambda idx, xb: imp.lep(imp.normalize(xb))  # noqa: E731
+    ln = nn.LayerNorm(imp.lep.head[0].out_features, elementwise_affine=False)
+    z_ln = lambda idx, xb: ln(z(idx, xb))  # noqa: E731
+    feats = lambda idx, xb: imp.m.trunk(imp.m.stem(imp.normalize(xb)))  # noqa: E731
+
+    def fit(encode, steps: int, aug: bool):
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            width = encode(np.arange(2), x[:2]).shape[1]
+        dec = Decoder(width, maps.shape[1], maps.shape[2], normalize_input=False)
+        opt = torch.optim.Adam(dec.parameters(), 1e-3)
+        for _ in range(steps):
+            i = torch.randint(0, len(x), (64,), generator=g)
+            xb, rb = augment(x[i], r[i], params.recipe, g) if aug else (x[i], r[i])
+            with torch.no_grad():
+                code = encode(i.numpy(), xb)
+            loss = F.mse_loss(dec(code), rb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return dec
+
+    out = {}
+    for name, enc in (("onehot_y", onehot), ("z_raw", z), ("z_layernorm", z_ln), ("A_features", feats)):
+        dec = fit(enc, 940, aug=False)
+        with torch.no_grad():
+            out[f"train_fit_{name}"] = agreement(dec(enc(probe, x[probe])).numpy(), maps[probe])["pearson"]
+        print(f"capacity: D({name}) on training images: {out[f'train_fit_{name}']:.3f}", flush=True)
+    for aug in (False, True):
+        dec = fit(z_ln, 1880, aug=aug)
+        key = f"held_out_z_layernorm_{'aug' if aug else 'no_aug'}"
+        with torch.no_grad():
+            out[key] = agreement(dec(z_ln(None, x_test)).numpy(), teacher)["pearson"]
+        print(f"capacity: {key}: {out[key]:.3f}", flush=True)
+    return out
 
 
 def a_copy(a, ds, params, seed):
