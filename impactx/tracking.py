@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -24,9 +25,11 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from impactx import ImpactXError
 from impactx.config import Params
 
 CHAMPION = "champion"
+CHECKPOINT_DIR = "checkpoint"  # the evaluate run's artifact folder for the weights-only checkpoint
 HOST_TAG, PID_TAG = "impactx.host", "impactx.pid"  # which process a stage run belongs to (end_orphans)
 FLOW_RUN_ENV = "IMPACTX_PREFECT_FLOW_RUN_ID"  # set by flows/pipeline.py for the stages it runs
 
@@ -201,9 +204,10 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, registered_name: st
     return info
 
 
-def log_evaluation(model: torch.nn.Module, record: dict, ds, params: Params, device) -> None:
-    """The evaluate stage's MLflow part: the metrics, the model (signature, input example), and its
-    registry version, promoted to champion when its validation accuracy beats the champion's."""
+def log_evaluation(model: torch.nn.Module, record: dict, ds, params: Params, device, checkpoint: Path) -> None:
+    """The evaluate stage's MLflow part: the metrics, the model (signature, input example) with its
+    weights-only checkpoint beside it, and its registry version, promoted to champion when its validation
+    accuracy beats the champion's."""
     from impactx.data import to_float
     from impactx.train import accuracy
 
@@ -213,18 +217,28 @@ def log_evaluation(model: torch.nn.Module, record: dict, ds, params: Params, dev
     for m, scores in record.get("fidelity", {}).items():  # agreement with the teacher: map and floors
         metrics |= {f"fidelity_{m}_{k}": v for k, v in scores.items()}
     mlflow.log_metrics(metrics)
+    mlflow.log_artifact(str(checkpoint), artifact_path=CHECKPOINT_DIR)
     name = f"{params.data.source}-{params.model.backbone}-{record['method']}" if params.mlflow.register_models else None
     logged = log_model(model, to_float(ds.test.x[:2]), name)
     if name:
         split_id = hashlib.sha256(ds.val.x.tobytes() + ds.val.y.tobytes()).hexdigest()[:16]
-        score = lambda m: accuracy(m, ds.val, device)  # noqa: E731
-        promote_if_better(name, str(logged.registered_model_version), record["val_accuracy"], score, split_id)
+
+        def score_checkpoint(path: Path) -> float:  # weights only: no code of the champion's runs here
+            from impactx import methods
+
+            return accuracy(methods.load(path, ds.info, params.model)[1], ds.val, device)
+
+        promote_if_better(name, str(logged.registered_model_version), record["val_accuracy"], score_checkpoint, split_id)
 
 
-def promote_if_better(name: str, version: str, new_score: float, score_model, split_id: str) -> bool:
-    """Give `version` the champion alias if its validation accuracy beats the current champion's, both
-    scored by `score_model` on the same validation split (the champion is re-scored now). Models are
-    picked by validation, never by test: the test split stays an unbiased report."""
+def promote_if_better(name: str, version: str, new_score: float, score_checkpoint, split_id: str) -> bool:
+    """Give `version` the champion alias if its validation accuracy beats the current champion's on the
+    same validation split. Models are picked by validation, never by test.
+
+    The champion is never unpickled. Scored on this split before (tag split_id), its tagged accuracy is
+    compared; otherwise its weights-only checkpoint (logged beside the model) is scored by
+    `score_checkpoint(path)`. A champion with neither cannot be compared safely: it is replaced, with a
+    line that says so, rather than kept for ever."""
     client = MlflowClient()
     client.set_model_version_tag(name, version, "val_accuracy", f"{new_score:.6f}")
     client.set_model_version_tag(name, version, "split_id", split_id)
@@ -233,12 +247,13 @@ def promote_if_better(name: str, version: str, new_score: float, score_model, sp
     except MlflowException:
         champ = None
     if champ is not None and str(champ.version) != str(version):
-        try:
-            champ_score = score_model(mlflow.pytorch.load_model(f"models:/{name}@{CHAMPION}"))
-        except Exception as e:  # an unloadable or incompatible champion cannot be compared: keep it
-            print(f"registry: kept {name}@{CHAMPION} v{champ.version}: cannot score it here ({e})")
-            return False
-        if new_score <= champ_score:
+        champ_score = _champion_score(client, champ, split_id, score_checkpoint)
+        if champ_score is None:
+            print(
+                f"registry: {name}@{CHAMPION} v{champ.version} has no validation score on this split and no"
+                f" weights-only checkpoint (it is never unpickled): replaced by v{version}"
+            )
+        elif new_score <= champ_score:
             print(
                 f"registry: {name} v{version} ({new_score:.4f}) does not beat @{CHAMPION} "
                 f"v{champ.version} ({champ_score:.4f}) on this validation split"
@@ -247,3 +262,25 @@ def promote_if_better(name: str, version: str, new_score: float, score_model, sp
     client.set_registered_model_alias(name, CHAMPION, version)
     print(f"registry: {name} v{version} is now @{CHAMPION} (validation accuracy {new_score:.4f})")
     return True
+
+
+def _champion_score(client: MlflowClient, champ, split_id: str, score_checkpoint) -> float | None:
+    """The champion's validation accuracy on this split, without running any of its code: its tag when it
+    was scored on this split, else its weights-only checkpoint scored now; None when it has neither."""
+    tags = champ.tags or {}
+    if tags.get("split_id") == split_id and "val_accuracy" in tags:
+        try:
+            return float(tags["val_accuracy"])
+        except ValueError:
+            pass
+    if not champ.run_id:
+        return None
+    try:
+        files = client.list_artifacts(champ.run_id, CHECKPOINT_DIR)
+        if not files:
+            return None
+        local = mlflow.artifacts.download_artifacts(run_id=champ.run_id, artifact_path=files[0].path)
+        return score_checkpoint(Path(local))
+    except (MlflowException, OSError, KeyError, RuntimeError, ValueError, ImpactXError, pickle.UnpicklingError) as e:
+        print(f"registry: cannot score the champion's checkpoint ({type(e).__name__}: {e})")
+        return None

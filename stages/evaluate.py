@@ -29,7 +29,7 @@ def main():
             dvc_stage(f"evaluate@{name}"), params, method=name, seed=seed, run_name=f"{name}-seed{seed}"
         ):
             tracking.log_params_section(params, "model", "evaluate")
-            tracking.log_evaluation(model, record, ds, params, device)
+            tracking.log_evaluation(model, record, ds, params, device, checkpoint=layout.model(name, seed))
         print(
             f"evaluate {name} seed {seed}: test accuracy {record['test_accuracy']:.4f}, val {record['val_accuracy']:.4f}, "
             f"AOPC {record['aopc']:.4f} ({record['map']}), random {record['aopc_random']:.4f}"

@@ -1,3 +1,5 @@
+import os
+
 import mlflow
 import pytest
 import torch
@@ -17,25 +19,69 @@ def local_mlflow(tmp_path, monkeypatch):
     return params
 
 
-def register(params, score: float):
+def register(params, score: float, checkpoint=None):
     model = Classifier(build_backbone("lenet5", 3, 2, 16), [0.5] * 3, [0.25] * 3)
-    model.score = score  # what the scorer below reads: stands in for accuracy on the held-out split
     with tracking.stage_run("evaluate", params, run_name="baseline"):
+        if checkpoint is not None:
+            mlflow.log_artifact(str(checkpoint), artifact_path=tracking.CHECKPOINT_DIR)
         info = tracking.log_model(model, torch.rand(1, 3, 16, 16), "toy-lenet5-baseline")
     return str(info.registered_model_version)
 
 
+def never(path):
+    raise AssertionError("the champion's score is its tag on this split: nothing is loaded")
+
+
+def champion(name="toy-lenet5-baseline"):
+    return str(MlflowClient().get_model_version_by_alias(name, "champion").version)
+
+
 def test_champion_moves_only_to_a_better_model(local_mlflow):
-    score = lambda m: m.score
-    client = MlflowClient()
     v1 = register(local_mlflow, 0.5)
-    assert tracking.promote_if_better("toy-lenet5-baseline", v1, 0.5, score, "split")
+    assert tracking.promote_if_better("toy-lenet5-baseline", v1, 0.5, never, "split")
     v2 = register(local_mlflow, 0.4)
-    assert not tracking.promote_if_better("toy-lenet5-baseline", v2, 0.4, score, "split")
-    assert str(client.get_model_version_by_alias("toy-lenet5-baseline", "champion").version) == v1
+    assert not tracking.promote_if_better("toy-lenet5-baseline", v2, 0.4, never, "split")
+    assert champion() == v1
     v3 = register(local_mlflow, 0.7)
-    assert tracking.promote_if_better("toy-lenet5-baseline", v3, 0.7, score, "split")
-    assert str(client.get_model_version_by_alias("toy-lenet5-baseline", "champion").version) == v3
+    assert tracking.promote_if_better("toy-lenet5-baseline", v3, 0.7, never, "split")
+    assert champion() == v3
+
+
+def test_on_another_split_the_champion_is_rescored_from_its_weights_only_checkpoint(local_mlflow, tmp_path):
+    ckpt = tmp_path / "seed0.pt"
+    ckpt.write_bytes(b"weights")
+    v1 = register(local_mlflow, 0.5, checkpoint=ckpt)
+    assert tracking.promote_if_better("toy-lenet5-baseline", v1, 0.5, never, "split-a")
+    scored = []
+    v2 = register(local_mlflow, 0.6)
+    kept = tracking.promote_if_better("toy-lenet5-baseline", v2, 0.6, lambda p: scored.append(p.read_bytes()) or 0.9, "split-b")
+    assert not kept and scored == [b"weights"] and champion() == v1  # 0.9 on split-b: it stays
+    v3 = register(local_mlflow, 0.55)
+    assert tracking.promote_if_better("toy-lenet5-baseline", v3, 0.55, never, "split-a")  # v2's 0.6 was split-b
+
+
+class RunsCodeWhenUnpickled(torch.nn.Module):
+    def __init__(self, marker):
+        super().__init__()
+        self.marker = str(marker)
+
+    def forward(self, x):
+        return x.flatten(1)[:, :2]
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_champion_is_never_unpickled_and_is_replaced(local_mlflow, tmp_path):
+    marker = tmp_path / "pwned"
+    with tracking.stage_run("evaluate", local_mlflow, run_name="evil"):
+        info = mlflow.pytorch.log_model(RunsCodeWhenUnpickled(marker), name="model", serialization_format="pickle",
+                                        registered_model_name="toy-lenet5-baseline", pip_requirements=["torch"])  # fmt: skip
+    evil = str(info.registered_model_version)
+    MlflowClient().set_registered_model_alias("toy-lenet5-baseline", "champion", evil)
+    v = register(local_mlflow, 0.3)
+    assert tracking.promote_if_better("toy-lenet5-baseline", v, 0.3, never, "split")
+    assert champion() == v and not marker.exists()
 
 
 def test_stage_runs_share_one_parent_per_configuration(local_mlflow):
