@@ -1,5 +1,7 @@
-"""IMPACTX, stage 2: M frozen from stage 1; LEP, D and C trained on CE(y, C(m, z)) + λ·MSE(r, D(z))
-(impactx.model). Its map is D(LEP(x)), from the same forward pass as the class."""
+"""IMPACTX, stage 2: M frozen from stage 1; the LEP (a copy of M whose head is FC(latent_dim) + sigmoid),
+the decoder D and the classifier C trained on CE(y, C(m, z)) + λ·MSE(r, D(z)). Its map is D(LEP(x)),
+from the same forward pass as the class. The settings beyond the paper's (target scaling, decoder width
+and input, map loss) are in ImpactxParams; README "Why the decoder learns less than the class mean"."""
 
 from __future__ import annotations
 
