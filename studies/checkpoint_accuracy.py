@@ -39,13 +39,17 @@ def main():
         _, model = methods.load(path, ds.info, params.model)
         t = methods.training_of(path)
         rows.append((seed, accuracy(model, ds.test, device), accuracy(model, ds.val, device), t.get("best_epoch"), t.get("epochs_run")))
-    print(f"| seed | test accuracy | val accuracy | best epoch / run |\n| --- | --- | --- | --- |")
+    print("| seed | test accuracy | val accuracy | best epoch / run |\n| --- | --- | --- | --- |")
     for seed, test, val, best, ran in rows:
         print(f"| {seed} | {test:.4f} | {val:.4f} | {best} / {ran} |")
     for i, name in ((1, "test"), (2, "val")):
         v = np.array([r[i] for r in rows])
-        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
-        print(f"{name}: {v.mean():.4f} ± {v.std(ddof=1):.4f} (sample std), 95% t-interval of the mean ± {half:.4f}, {len(v)} seeds")
+        if len(v) < 2:
+            print(f"{name}: {v.mean():.4f} (1 seed: no std or interval)")
+            continue
+        sd = v.std(ddof=1)
+        half = stats.t.ppf(0.975, len(v) - 1) * sd / np.sqrt(len(v))
+        print(f"{name}: {v.mean():.4f} ± {sd:.4f} (sample std), 95% t-interval of the mean ± {half:.4f}, {len(v)} seeds")
 
 
 if __name__ == "__main__":
