@@ -38,7 +38,15 @@ def main():
         path = layout.model(args.method, seed)
         _, model = methods.load(path, ds.info, params.model)
         t = methods.training_of(path)
-        rows.append((seed, accuracy(model, ds.test, device), accuracy(model, ds.val, device), t.get("best_epoch"), t.get("epochs_run")))
+        rows.append(
+            (
+                seed,
+                accuracy(model, ds.test, device),
+                accuracy(model, ds.val, device),
+                t.get("best_epoch"),
+                t.get("epochs_run"),
+            )
+        )
     print("| seed | test accuracy | val accuracy | best epoch / run |\n| --- | --- | --- | --- |")
     for seed, test, val, best, ran in rows:
         print(f"| {seed} | {test:.4f} | {val:.4f} | {best} / {ran} |")
@@ -49,7 +57,9 @@ def main():
             continue
         sd = v.std(ddof=1)
         half = stats.t.ppf(0.975, len(v) - 1) * sd / np.sqrt(len(v))
-        print(f"{name}: {v.mean():.4f} ± {sd:.4f} (sample std), 95% t-interval of the mean ± {half:.4f}, {len(v)} seeds")
+        print(
+            f"{name}: {v.mean():.4f} ± {sd:.4f} (sample std), 95% t-interval of the mean ± {half:.4f}, {len(v)} seeds"
+        )
 
 
 if __name__ == "__main__":

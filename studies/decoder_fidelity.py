@@ -37,14 +37,13 @@ sys.path.insert(0, str(Path.cwd()))  # the project's impactx, like the stages
 
 from impactx import data, layout, methods  # noqa: E402
 from impactx.config import load_params  # noqa: E402
-from impactx.data import Split  # noqa: E402
+from impactx.data import Split, to_float  # noqa: E402
 from impactx.evaluation import explain_batched, morf_subset  # noqa: E402
 from impactx.fidelity import agreement  # noqa: E402
-from impactx.methods.impactx import ImpactxParams, build_impactx  # noqa: E402
 from impactx.io import save_json  # noqa: E402
+from impactx.methods.impactx import ImpactxParams, build_impactx  # noqa: E402
 from impactx.shap_maps import class_mean_maps, compute_maps, partition_shap, scale_maps  # noqa: E402
 from impactx.train import predict_logits, resolve_device, seed_everything, train_model  # noqa: E402
-from impactx.data import to_float  # noqa: E402
 
 RAW = {"decoder_input": "raw"}  # D(z) as the paper draws it; the default is D(LayerNorm(z))
 VARIANTS = {  # name: (ImpactxParams changes, SHAP evaluations of the targets)
@@ -91,7 +90,10 @@ def main():
                 pool=params.shap.pool_size,
             )  # fmt: skip
             maps[evals] = scale_maps(raw)
-            print(f"study: SHAP of {len(sub)} training images at {evals} evaluations: {time.time() - t0:.0f} s", flush=True)
+            print(
+                f"study: SHAP of {len(sub)} training images at {evals} evaluations: {time.time() - t0:.0f} s",
+                flush=True,
+            )
         return maps[evals]
 
     idx, x_test = morf_subset(ds, params)
@@ -105,7 +107,13 @@ def main():
     probe = np.sort(rng.permutation(len(sub))[: len(idx)])  # training images, to see what was fitted
     x_probe = to_float(train.x[probe])
 
-    results = {"seed": args.seed, "train_images": len(sub), "epochs": args.epochs, "test_images": len(idx), "variants": {}}
+    results = {
+        "seed": args.seed,
+        "train_images": len(sub),
+        "epochs": args.epochs,
+        "test_images": len(idx),
+        "variants": {},
+    }
     class_of = lambda evals: class_mean_maps(targets(evals), train.y, k).numpy()  # noqa: E731
     class_maps = class_of(500)
     a_pred = predict_logits(a, x_test, device).argmax(1).numpy()
