@@ -5,7 +5,7 @@ Modules, one idea each:
     config       params.yaml schema and validation (method sections come from the registry)
     data         data sources, the fixed, seeded train/val/test split, DatasetInfo
     backbones    registry of feature extractors M (LeNet-5, MobileNetV2, EfficientNet-B2) and their weights
-    model        classifier A, LEP, decoder D, combined IMPACTX model and its loss
+    model        the baseline classifier A = M(normalise(x))
     methods/     the method registry, one module per row of the table (baseline, impactx,
                  impactx_lambda0, abn, wae): build from stage 1, loss, map, checkpoints
     train        the training loop every method uses, and the training recipe (augmentation, schedule)
@@ -19,6 +19,8 @@ Modules, one idea each:
     experiments  the best DVC experiment by a validation metric
     figures      paper-style figures
     tracking     MLflow runs, model logging, registry and champion alias
+    serving      the registered model as an MLflow pyfunc: class, probabilities and map per image
+    console      the `impactx` command: `impactx explain IMAGES... --model models:/...`
     layout       where the stages read and write
 """
 

@@ -6,9 +6,12 @@ removal noise for every method and seed:
   this model: its own map (model.explain; the baseline's is SHAP), post-hoc SHAP of this same model for
   its predicted class, and random maps. The paper's claim that IMPACTX's map is more faithful than SHAP
   is about one model: own against SHAP here, not across rows of the table;
-- fidelity: agreement of its own map with the teacher (SHAP of A for the true class), with floors."""
+- fidelity: agreement of its own map with the teacher (SHAP of A for the true class), with floors;
+- latency: explain() against post-hoc SHAP of the same model, on 1 and 256 images (a ratio)."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from impactx.shap_maps import partition_shap
 from impactx.train import accuracy, inference_batch_size, predict_logits
 
 MAPS = ("own", "shap", "random")  # the maps judged on each model
+LATENCY_IMAGES = (1, 256)  # batch sizes at which explain() is timed against post-hoc SHAP
 
 
 def morf_subset(ds: Dataset, params: Params) -> tuple[np.ndarray, torch.Tensor]:
@@ -40,13 +44,57 @@ def explain_batched(model, x: torch.Tensor, device: torch.device) -> tuple[torch
     return torch.cat([lg.argmax(1).cpu() for lg, _ in parts]), torch.cat([m.float().cpu() for _, m in parts])
 
 
-def post_hoc_shap(model, x: torch.Tensor, pred: np.ndarray, seed: int, params: Params, device) -> torch.Tensor:
+def post_hoc_shap(
+    model, x: torch.Tensor, pred: np.ndarray, seed: int, params: Params, device, first_index: int = 0
+) -> torch.Tensor:
     """SHAP of the model for its predicted class (evaluate.shap_max_evals evaluations per image)."""
     maps = partition_shap(
         model, x, pred, max_evals=params.evaluate.shap_max_evals, batch_size=params.shap.batch_size,
-        masker=params.shap.masker, seed=seed, pool=params.shap.pool_size, device=device,
+        masker=params.shap.masker, seed=seed, pool=params.shap.pool_size, device=device, first_index=first_index,
     )  # fmt: skip
     return torch.from_numpy(maps)
+
+
+def _seconds(fn, device: torch.device) -> tuple[float, object]:
+    """Wall seconds of fn() (CUDA work included) and its result."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+def timed_post_hoc_shap(model, x, pred, seed: int, params: Params, device) -> tuple[torch.Tensor, dict[int, float]]:
+    """post_hoc_shap of all of x, run as one call per LATENCY_IMAGES batch (1 image, the next 256) and one
+    for the rest: the same maps as one call (each image keeps its index), and the seconds each of the
+    timed batches took: what post-hoc SHAP costs a user for 1 and for 256 images."""
+    device = torch.device(device)
+    cuts = [0, *np.minimum(np.cumsum(LATENCY_IMAGES), len(x)).tolist(), len(x)]
+    parts, seconds = [], {}
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        if b > a:
+            t, maps = _seconds(lambda: post_hoc_shap(model, x[a:b], pred[a:b], seed, params, device, a), device)
+            parts.append(maps)
+            if i < len(LATENCY_IMAGES):
+                seconds[b - a] = t
+    return torch.cat(parts), seconds
+
+
+@torch.no_grad()
+def explain_latency(model, x: torch.Tensor, shap_seconds: dict[int, float], device, repeats: int = 5) -> list[dict]:
+    """For each batch size n of shap_seconds: the best of `repeats` timings of model.explain on n images
+    (after a warm-up), post-hoc SHAP's seconds for them, and the ratio (the one-pass map's speed-up)."""
+    device = torch.device(device)
+    model.to(device).eval()
+    out = []
+    for n, shap_s in shap_seconds.items():
+        batch = x[:n].to(device)
+        model.explain(batch)  # warm-up
+        explain_s = min(_seconds(lambda: model.explain(batch), device)[0] for _ in range(repeats))
+        out.append({"images": n, "explain_s": explain_s, "shap_s": shap_s, "speedup": shap_s / max(explain_s, 1e-9)})
+    return out
 
 
 def faithfulness(model, x: torch.Tensor, maps: dict[str, torch.Tensor], params: Params, device) -> dict:
@@ -72,7 +120,7 @@ def evaluate_run(
     p = params.evaluate
     idx, x = morf_subset(ds, params)
     pred = predict_logits(model, x, device).argmax(1).numpy()
-    shap_maps = post_hoc_shap(model, x, pred, seed, params, device)
+    shap_maps, shap_seconds = timed_post_hoc_shap(model, x, pred, seed, params, device)
     own = shap_maps if method.post_hoc else explain_batched(model, x, device)[1]
     random_maps = torch.rand(x.shape, generator=torch.Generator().manual_seed(params.seed))
     faith = faithfulness(model, x, {"own": own, "shap": shap_maps, "random": random_maps}, params, device)
@@ -91,6 +139,8 @@ def evaluate_run(
         "morf_curve": faith["own"]["morf_curve"],
         "random_curve": faith["random"]["morf_curve"],
     }
+    if not method.post_hoc:  # the one-pass map against post-hoc SHAP of the same model
+        record["latency"] = explain_latency(model, x, shap_seconds, device)
     if teacher is not None:
         cm = np.asarray(class_maps)
         floors = {"class_mean": cm[ds.test.y[idx]], "class_mean_pred": cm[pred], "random": random_maps.numpy()}

@@ -13,15 +13,15 @@ import numpy as np
 from impactx.io import atomic_write
 
 
-def _show_map(ax, m: np.ndarray) -> None:
+def _show_map(ax, m: np.ndarray, alpha: float = 1.0):
     """Signed maps (SHAP, D(LEP(x))): red for the class, blue against, centred on 0. Maps with no sign
-    (ABN's attention): their own range, so the structure shows whatever the offset."""
+    (ABN's attention): their own range, so the structure shows whatever the offset. Returns the image
+    (for a colour scale)."""
     h = m.astype(np.float32).sum(0)
     if h.min() < 0:
         v = float(np.abs(h).max()) or 1.0
-        ax.imshow(h, cmap="bwr", vmin=-v, vmax=v)
-    else:
-        ax.imshow(h, cmap="magma", vmin=float(h.min()), vmax=float(h.max()) or 1.0)
+        return ax.imshow(h, cmap="bwr", vmin=-v, vmax=v, alpha=alpha)
+    return ax.imshow(h, cmap="magma", vmin=float(h.min()), vmax=float(h.max()) or 1.0, alpha=alpha)
 
 
 def _save(fig, path: Path) -> None:
@@ -41,6 +41,22 @@ def explanation_grid(images: np.ndarray, maps: dict[str, np.ndarray], titles: li
             axes[i, j].set_title(name, fontsize=8)
         for ax in axes[i]:
             ax.axis("off")
+    _save(fig, path)
+
+
+def explanation_figure(image: np.ndarray, m: np.ndarray | None, title: str, path: Path) -> None:
+    """One image (C×H×W in [0, 1]) beside its map overlaid on it, with the map's colour scale (summed
+    over channels); the image alone when there is no map."""
+    fig, axes = plt.subplots(1, 2 if m is not None else 1, figsize=(6.4 if m is not None else 3, 3), squeeze=False)
+    rgb = image.transpose(1, 2, 0).squeeze()
+    axes[0, 0].imshow(rgb, cmap="gray" if rgb.ndim == 2 else None)
+    axes[0, 0].set_title(title, fontsize=9)
+    if m is not None:
+        axes[0, 1].imshow(rgb.mean(-1) if rgb.ndim == 3 else rgb, cmap="gray")
+        fig.colorbar(_show_map(axes[0, 1], m, alpha=0.6), ax=axes[0, 1], fraction=0.046, pad=0.04)
+        axes[0, 1].set_title("map (sum over channels)", fontsize=9)
+    for ax in axes[0]:
+        ax.axis("off")
     _save(fig, path)
 
 

@@ -15,6 +15,7 @@ import pickle
 import signal
 import socket
 import subprocess
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # runs stay on this machine unless you opt in
@@ -182,32 +183,50 @@ def epoch_logger(prefix: str = ""):
     return on_epoch
 
 
-def log_model(model: torch.nn.Module, example: torch.Tensor, registered_name: str | None):
-    """Log a torch model (input: float images in [0, 1], output: class logits) with signature and input
-    example; the impactx package travels with it (code_paths) so it loads without this repo."""
+def log_model(checkpoint: Path, info, model_params, example: np.ndarray, registered_name: str | None):
+    """Log a method's checkpoint as an MLflow pyfunc (impactx.serving): class, name, probabilities and
+    map per image. Models from code: impactx/pyfunc_model.py and this package travel with it, the weights
+    stay a weights-only checkpoint, so loading it unpickles nothing. The signature is float32
+    N×C×H×W (pixels in [0, 1], or 0-255 with params {"pixels": "uint8"}) → one row per image."""
+    import tempfile
+
     from mlflow.models import infer_signature
 
-    model = model.cpu().eval()
-    ex = example.cpu().numpy().astype(np.float32)
-    with torch.no_grad():
-        out = model(example.cpu()).numpy()
-    info = mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=infer_signature(ex, out),
-        input_example=ex,
-        code_paths=[str(Path(__file__).parent)],
-        serialization_format="pickle",  # keeps .explain()
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
-        registered_model_name=registered_name,
-    )
-    return info
+    from impactx import serving
+
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = serving.write_artifacts(Path(tmp), info, model_params, checkpoint)
+        method, net, _ = serving.load_artifacts(artifacts)  # the checkpoint rebuilds from the code alone
+        example = np.asarray(example, dtype=np.float32)
+        out = serving.predict_table(net, method, info, example)
+        with warnings.catch_warnings():  # "integer columns cannot represent missing values": an output
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            signature = infer_signature(example, out, params=serving.DEFAULT_PARAMS)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(serving.__file__).with_name("pyfunc_model.py")),
+            artifacts=artifacts,
+            code_paths=[str(Path(__file__).parent)],
+            signature=signature,
+            input_example=example,
+            model_config={"device": "auto"},
+            metadata={"method": method.name, "map": method.map_kind, "classes": info.classes},
+            pip_requirements=_requirements(serving.REQUIREMENTS),
+            registered_model_name=registered_name,
+        )
 
 
-def log_evaluation(model: torch.nn.Module, record: dict, ds, params: Params, device, checkpoint: Path) -> None:
-    """The evaluate stage's MLflow part: the metrics, the model (signature, input example) with its
-    weights-only checkpoint beside it, and its registry version, promoted to champion when its validation
-    accuracy beats the champion's."""
+def _requirements(names) -> list[str]:
+    """name==installed version for each distribution (the loaded model's own imports)."""
+    from importlib.metadata import version
+
+    return [f"{n}=={version(n).split('+')[0]}" for n in names]
+
+
+def log_evaluation(record: dict, ds, params: Params, device, checkpoint: Path) -> None:
+    """The evaluate stage's MLflow part: the metrics (with the explain() latency against post-hoc SHAP),
+    the model as an explaining pyfunc (log_model) with its weights-only checkpoint beside it, and its
+    registry version, promoted to champion when its validation accuracy beats the champion's."""
     from impactx.data import to_float
     from impactx.train import accuracy
 
@@ -216,10 +235,14 @@ def log_evaluation(model: torch.nn.Module, record: dict, ds, params: Params, dev
         metrics |= {f"{m}_{k}": scores[k] for k in ("aopc", "aopc_lerf", "srg")}
     for m, scores in record.get("fidelity", {}).items():  # agreement with the teacher: map and floors
         metrics |= {f"fidelity_{m}_{k}": v for k, v in scores.items()}
+    for t in record.get("latency", []):  # explain() against post-hoc SHAP of this model, 1 and 256 images
+        n = t["images"]
+        metrics |= {f"explain_speedup_{n}": t["speedup"], f"explain_seconds_{n}": t["explain_s"],
+                    f"post_hoc_shap_seconds_{n}": t["shap_s"]}  # fmt: skip
     mlflow.log_metrics(metrics)
     mlflow.log_artifact(str(checkpoint), artifact_path=CHECKPOINT_DIR)
     name = f"{params.data.source}-{params.model.backbone}-{record['method']}" if params.mlflow.register_models else None
-    logged = log_model(model, to_float(ds.test.x[:2]), name)
+    logged = log_model(checkpoint, ds.info, params.model, to_float(ds.test.x[:2]).numpy(), name)
     if name:
         split_id = hashlib.sha256(ds.val.x.tobytes() + ds.val.y.tobytes()).hexdigest()[:16]
 

@@ -4,12 +4,12 @@ random maps, with either removal, and fidelity with its floors."""
 import numpy as np
 import pytest
 import torch
-from conftest import CPU, tiny_info
+from conftest import CPU, tiny_info, tiny_model
 
 from impactx import methods
 from impactx.config import parse_params
 from impactx.data import Dataset, Split
-from impactx.evaluation import evaluate_run
+from impactx.evaluation import evaluate_run, post_hoc_shap, timed_post_hoc_shap
 from impactx.methods import Stage1
 
 INFO = tiny_info(size=16)
@@ -47,3 +47,15 @@ def test_every_model_is_judged_with_its_own_map_shap_of_itself_and_random_maps(t
     base = records["baseline"]["faithfulness"]
     assert base["own"] == base["shap"]  # the baseline's own map is post-hoc SHAP of A
     assert records["impactx"]["faithfulness"]["own"] != records["impactx"]["faithfulness"]["shap"]
+    latency = records["impactx"]["latency"]  # morf_images 6: batches of 1 and of the 5 left
+    assert [r["images"] for r in latency] == [1, 5] and "latency" not in records["baseline"]
+    assert all(r["speedup"] == pytest.approx(r["shap_s"] / r["explain_s"]) and r["explain_s"] > 0 for r in latency)
+
+
+def test_timed_post_hoc_shap_gives_the_maps_of_one_call():
+    params = parse_params({"evaluate": {"shap_max_evals": 40}})
+    model, x = tiny_model(), torch.rand(9, 3, 16, 16)
+    pred = model(x).argmax(1).numpy()
+    maps, seconds = timed_post_hoc_shap(model, x, pred, 0, params, CPU)
+    assert list(seconds) == [1, 8] and all(t > 0 for t in seconds.values())
+    np.testing.assert_allclose(maps.numpy(), post_hoc_shap(model, x, pred, 0, params, CPU).numpy(), atol=1e-6)

@@ -1,14 +1,18 @@
 import os
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
+from conftest import tiny_info
 from mlflow.tracking import MlflowClient
 
-from impactx import tracking
-from impactx.backbones import build_backbone
+from impactx import methods, tracking
 from impactx.config import parse_params
-from impactx.model import Classifier
+from impactx.methods import Stage1
+
+INFO = tiny_info(classes=2, size=16)
 
 
 @pytest.fixture
@@ -20,11 +24,12 @@ def local_mlflow(tmp_path, monkeypatch):
 
 
 def register(params, score: float, checkpoint=None):
-    model = Classifier(build_backbone("lenet5", 3, 2, 16), [0.5] * 3, [0.25] * 3)
+    weights = Path(params.mlflow.tracking_uri.removeprefix("sqlite:///")).with_name(f"baseline-{score}.pt")
+    methods.save(weights, "baseline", params.finetune, methods.build("baseline", Stage1(INFO, params.model), params))
     with tracking.stage_run("evaluate", params, run_name="baseline"):
         if checkpoint is not None:
             mlflow.log_artifact(str(checkpoint), artifact_path=tracking.CHECKPOINT_DIR)
-        info = tracking.log_model(model, torch.rand(1, 3, 16, 16), "toy-lenet5-baseline")
+        info = tracking.log_model(weights, INFO, params.model, np.random.rand(1, 3, 16, 16), "toy-lenet5-baseline")
     return str(info.registered_model_version)
 
 

@@ -1,0 +1,71 @@
+"""IMPACTX's selling point, measured: one explain() pass (class and map) against post-hoc SHAP of the
+same model (Partition SHAP at max_evals evaluations per image), on 1 and 256 images, both measured in
+this run, as a ratio. The evaluate stage logs the same ratio (explain_speedup_1, explain_speedup_256).
+
+With --checkpoint (a pipeline checkpoint, e.g. models/impactx/seed0.pt, and data/prepared/info.json)
+the trained model; otherwise IMPACTX on LeNet-5 with seeded random weights on 3×32×32 images (the
+forward pass costs the same). max_evals, batch size, masker and pool default to params.yaml's shap
+section when run in a project. Prints one JSON line. Example:
+
+    python benchmarks/explain_latency.py --max-evals 2000
+"""
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from impactx import layout, methods
+from impactx.config import load_params, parse_params
+from impactx.data import DatasetInfo, load_info
+from impactx.evaluation import LATENCY_IMAGES, explain_latency, timed_post_hoc_shap
+from impactx.methods import Stage1
+from impactx.train import resolve_device
+
+
+def random_impactx(info: DatasetInfo, params):
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "baseline.pt"
+        methods.save(base, "baseline", params.finetune, methods.build("baseline", Stage1(info, params.model), params))
+        return methods.build("impactx", Stage1(info, params.model, base), params).eval()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-evals", type=int, help="SHAP evaluations per image (default: params.yaml shap.max_evals)")
+    ap.add_argument("--checkpoint", type=Path, help="a method's checkpoint (needs data/prepared/info.json)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    torch.set_flush_denormal(True)
+    params = load_params() if Path("params.yaml").exists() else parse_params({})
+    max_evals = args.max_evals or params.shap.max_evals
+    params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"shap_max_evals": max_evals})})
+    device = resolve_device(args.device)
+    if args.checkpoint:
+        info = load_info(layout.PREPARED)
+        _, model = methods.load(args.checkpoint, info, params.model)
+    else:
+        info = DatasetInfo("random", [str(i) for i in range(10)], (3, 32, 32), [0.5] * 3, [0.25] * 3, {})
+        model = random_impactx(info, params)
+    model = model.to(device).eval()
+    n = 1 + sum(LATENCY_IMAGES)  # the timed batches, then one image left over
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, *info.image_shape), dtype=np.uint8)) / 255.0
+    with torch.no_grad():
+        pred = model(x.to(device)).argmax(1).cpu().numpy()
+    timed_post_hoc_shap(model, x[:2], pred[:2], 0, params, device)  # warm-up (numba, caches)
+    _, shap_seconds = timed_post_hoc_shap(model, x, pred, 0, params, device)
+    rows = explain_latency(model, x, shap_seconds, device)
+    print(json.dumps({
+        "model": str(args.checkpoint or "impactx on lenet5, random weights"), "device": str(device),
+        "image_shape": list(info.image_shape), "max_evals": max_evals, "masker": params.shap.masker,
+        "threads": torch.get_num_threads(),
+        **{f"images_{r['images']}": {k: round(v, 6) for k, v in r.items() if k != "images"} for r in rows},
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""The registered model is an MLflow pyfunc that returns, per image, the class index and name, the
+probabilities and the method's own map; it rejects pixels in the wrong range, loads without unpickling,
+names every distribution it imports, and answers a real HTTP request from `mlflow models serve`."""
+
+import importlib.metadata as md
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_info
+from PIL import Image
+
+from impactx import ImpactXError, methods, serving, tracking
+from impactx.config import parse_params
+from impactx.methods import Stage1
+
+INFO = tiny_info()
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    """Weights-only checkpoints of a baseline and an IMPACTX model (untrained layers, seeded)."""
+    torch.manual_seed(0)
+    params = parse_params({"impactx": {"latent_dim": 32}})
+    base = tmp_path / "baseline.pt"
+    methods.save(base, "baseline", params.finetune, methods.build("baseline", Stage1(INFO, params.model), params))
+    imp = tmp_path / "impactx.pt"
+    model = methods.build("impactx", Stage1(INFO, params.model, base), params)
+    methods.save(imp, "impactx", methods.get("impactx").settings(params), model)
+    return params, {"baseline": base, "impactx": imp}
+
+
+def images(n=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 3, 32, 32)).astype(np.float32)
+
+
+def test_one_row_per_image_with_class_name_probabilities_and_map(checkpoints, tmp_path):
+    params, ckpts = checkpoints
+    method, net, info = serving.load_artifacts(serving.write_artifacts(tmp_path, INFO, params.model, ckpts["impactx"]))
+    x = images()
+    table = serving.predict_table(net, method, info, x / 255)
+    with torch.no_grad():
+        logits, maps = net.explain(torch.from_numpy(x / 255).float())
+    assert list(table.columns) == list(serving.COLUMNS) and len(table) == 3
+    assert table.class_index.tolist() == logits.argmax(1).tolist()
+    assert table.class_name.tolist() == [INFO.classes[k] for k in table.class_index]
+    probs = np.array(table.probabilities.tolist())
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-6)
+    np.testing.assert_allclose(table.probability, probs.max(1), atol=1e-7)
+    np.testing.assert_allclose(np.array(table["map"].tolist()), maps.numpy(), atol=1e-6)  # D(LEP(x)), one pass
+    same = serving.predict_table(net, method, info, x, {"pixels": "uint8"})  # 0-255, said so
+    np.testing.assert_allclose(np.array(same.probabilities.tolist()), probs, atol=1e-6)
+    assert serving.predict_table(net, method, info, x / 255, {"explain": False})["map"].isna().all()
+    base_method, base, _ = serving.load_artifacts(serving.write_artifacts(tmp_path, INFO, params.model, ckpts["baseline"]))
+    assert serving.predict_table(base, base_method, info, x / 255)["map"].isna().all()  # post hoc: no own map
+
+
+@pytest.mark.parametrize(
+    "x,params,message",
+    [
+        (images(), {}, r"span \[0, 25\d\], outside \[0, 1\] for pixels 'unit' \(values up to 255: pass params"),
+        (images() / 255, {"pixels": "uint8"}, "whole numbers 0-255: these have fractions"),
+        (images() * 2, {"pixels": "uint8"}, r"outside \[0, 255\]"),
+        (-images() / 255, {}, r"outside \[0, 1\]"),
+        (np.full((1, 3, 32, 32), np.nan, np.float32), {}, "NaN or infinite"),
+        (images()[:, :, :16], {}, r"shape \(3, 3, 16, 32\): this model takes N×3×32×32"),
+        (images(), {"pixels": "percent"}, "params.pixels is 'percent'"),
+    ],
+)
+def test_pixels_in_the_wrong_range_are_rejected_with_the_fix(x, params, message):
+    with pytest.raises(ImpactXError, match=message):
+        serving.to_unit(x, params.get("pixels", "unit"), INFO.image_shape)
+
+
+@pytest.fixture
+def registered(checkpoints, tmp_path, monkeypatch):
+    params, ckpts = checkpoints
+    monkeypatch.chdir(tmp_path)
+    params = params.model_copy(update={"mlflow": params.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})})
+    tracking.setup(params)
+    with tracking.stage_run("evaluate", params):
+        logged = tracking.log_model(ckpts["impactx"], INFO, params.model, images(2) / 255, "toy-lenet5-impactx")
+    return params, logged, tmp_path
+
+
+def test_logged_model_is_code_and_a_weights_only_checkpoint(registered):
+    params, logged, root = registered
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
+    assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.pickle"))  # no pickled model
+    flavor = mlflow.models.Model.load(str(local / "MLmodel")).flavors["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor
+    ckpt = torch.load(local / flavor["artifacts"]["checkpoint"]["path"], weights_only=True)  # tensors only
+    assert ckpt["method"] == "impactx"
+    meta = mlflow.models.Model.load(str(local / "MLmodel")).metadata
+    assert meta["classes"] == INFO.classes and meta["method"] == "impactx"
+    loaded = mlflow.pyfunc.load_model("models:/toy-lenet5-impactx/1")
+    sig = loaded.metadata.signature
+    assert sig.inputs.inputs[0].shape == (-1, 3, 32, 32) and sig.params.to_dict()[1]["name"] == "pixels"
+    out = loaded.predict(images(2), params={"pixels": "uint8"})
+    assert len(out) == 2 and np.array(out["map"][0]).shape == (3, 32, 32)
+    requirements = (local / "requirements.txt").read_text().split()
+    assert {r.split("==")[0] for r in requirements} >= {*serving.REQUIREMENTS, "mlflow"}
+
+
+def test_requirements_name_every_distribution_the_loaded_model_imports(checkpoints, tmp_path):
+    """In a fresh interpreter: what loading and running the model imports, beyond MLflow's own imports."""
+    params, ckpts = checkpoints
+    serving.write_artifacts(tmp_path, INFO, params.model, ckpts["impactx"])
+    code = f"""
+import sys, json, importlib.metadata as md
+import mlflow.pyfunc
+before = set(sys.modules)
+from impactx import serving
+import numpy as np
+m, net, info = serving.load_artifacts({{"checkpoint": {str(ckpts["impactx"])!r}, "info": {str(tmp_path / "info.json")!r}}})
+serving.predict_table(net, m, info, np.zeros((1, 3, 32, 32), np.float32))
+tops = {{n.split(".")[0] for n in set(sys.modules) - before}} - set(sys.stdlib_module_names) - {{"impactx"}}
+dists = md.packages_distributions()
+print(json.dumps(sorted({{d for t in tops for d in dists.get(t, [t])}})))
+"""
+    used = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    covered = closure([*serving.REQUIREMENTS, "mlflow"])  # what installing the requirements installs
+    missing = {canonical(d) for d in used} - covered - OPTIONAL
+    assert not missing, f"add {sorted(missing)} to impactx.serving.REQUIREMENTS"
+
+
+OPTIONAL = {"pydot"}  # torch.fx imports it only when it is installed (dvc installs it here)
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def closure(names) -> set[str]:
+    """The distributions and everything they require, transitively (as installed here)."""
+    seen, todo = set(), [canonical(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            reqs = md.requires(name) or []
+        except md.PackageNotFoundError:
+            continue
+        todo += [canonical(re.match(r"[A-Za-z0-9_.-]+", r).group()) for r in reqs if "extra ==" not in r]
+    return seen
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: dict):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_mlflow_models_serve_answers_a_real_image_with_class_and_map(registered, tmp_path):
+    params, _, root = registered
+    png = tmp_path / "cat.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(png)
+    pixels = np.asarray(Image.open(png).convert("RGB")).transpose(2, 0, 1)[None]  # 1×3×32×32, 0-255
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)  # mlflow starts uvicorn from PATH, as in an activated venv
+    env = {**os.environ, "MLFLOW_TRACKING_URI": params.mlflow.tracking_uri, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    cmd = ["mlflow", "models", "serve", "-m", "models:/toy-lenet5-impactx/1",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    server = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"mlflow models serve did not start:\n{server.stdout.read().decode()[-3000:]}")
+                time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}/invocations"
+        status, body = post(url, {"inputs": pixels.tolist(), "params": {"pixels": "uint8"}})
+        assert status == 200, body
+        (row,) = body["predictions"]
+        assert row["class_name"] in INFO.classes and INFO.classes[row["class_index"]] == row["class_name"]
+        assert abs(sum(row["probabilities"]) - 1) < 1e-5 and np.array(row["map"]).shape == (3, 32, 32)
+        status, body = post(url, {"inputs": pixels.tolist()})  # 0-255 sent as if in [0, 1]
+        assert status == 400 and "pass params {\"pixels\": \"uint8\"}" in body["message"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def write_png(path: Path, w: int, h: int, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_impactx_explain_writes_class_and_map_for_a_folder_of_pngs(registered, tmp_path):
+    params, _, root = registered
+    folder = tmp_path / "mine"
+    write_png(folder / "a.png", 32, 32)
+    write_png(folder / "sub" / "b.png", 64, 48, seed=1)  # another size: resized, with a note
+    (folder / "notes.txt").write_text("not an image")  # in a folder, only image files are read
+    env = {**os.environ, "MLFLOW_TRACKING_URI": params.mlflow.tracking_uri}
+    cmd = [sys.executable, "-m", "impactx", "explain", str(folder), "--model", "models:/toy-lenet5-impactx/1",
+           "--out", str(tmp_path / "out")]  # fmt: skip
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(folder / "a.png"), str(folder / "sub" / "b.png")]
+    assert all(re.fullmatch(r".*: [0-3] \(0\.\d{3}\)", line) for line in lines)
+    assert "is 64×48, resized to the model's 32×32" in p.stderr
+    for name in ("a", "b"):
+        with Image.open(tmp_path / "out" / f"{name}.png") as im:
+            assert im.size[0] > im.size[1] > 100  # the image, the overlay and a colour scale
+
+
+def test_impactx_explain_bad_input_is_one_line_and_exit_2(registered, tmp_path, capsys, monkeypatch):
+    from impactx import console
+
+    params, _, root = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", params.mlflow.tracking_uri)
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    cases = [
+        ([str(fake), "--model", "models:/toy-lenet5-impactx/1"], "fake.png is not an image PIL can read"),
+        ([str(write_png(tmp_path / "ok.png", 32, 32)), "--model", "models:/nope@champion"], "cannot load model 'models:/nope@champion'"),
+        ([str(tmp_path / "missing"), "--model", "models:/toy-lenet5-impactx/1"], "missing does not exist"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert console.main(["explain", *argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "out").exists()  # nothing written for bad input
