@@ -22,7 +22,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # runs stay on this m
 
 import mlflow
 import numpy as np
-import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
