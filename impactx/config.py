@@ -81,6 +81,16 @@ class RecipeParams(_Section):
     patience: int | None = Field(None, gt=0)  # stop after this many epochs without a better val accuracy
 
 
+class AttributionParams(_Section):
+    """R, the method that makes the training maps (impactx.attribution)."""
+
+    method: Literal["shap_partition", "integrated_gradients", "gradient_shap", "deeplift"] = "shap_partition"
+    steps: int = Field(32, gt=0)  # integrated_gradients: points on the path from a black image
+    samples: int = Field(16, gt=0)  # gradient_shap: random points between the image and noise baselines
+    teacher: str | None = None  # None: R of A itself; else an MLflow model of this pipeline, e.g.
+    #                             models:/cifar10-mobilenet_v2-baseline/1 (pin a version: DVC sees the string)
+
+
 class ShapParams(_Section):
     max_evals: int = Field(2000, ge=10)
     batch_size: int = Field(500, gt=0)
@@ -120,6 +130,7 @@ class CoreParams(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     recipe: RecipeParams = RecipeParams()
+    attribution: AttributionParams = AttributionParams()
     shap: ShapParams = ShapParams()
     evaluate: EvaluateParams = EvaluateParams()
 

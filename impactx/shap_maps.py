@@ -175,13 +175,15 @@ class _Progress:
 
 
 def shard_maps(model, x, y, lo, kw, threads: int | None = None) -> np.ndarray:
-    """One shard's maps: a pure function of its inputs, so it can run anywhere and be retried."""
+    """One shard's maps (impactx.attribution.attribute, the method in kw): a pure function of its inputs,
+    so it can run anywhere and be retried."""
+    from impactx.attribution import attribute
     from impactx.data import to_float
 
     if threads:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # in every worker process too: see impactx.cli.run_stage
-    return partition_shap(model, to_float(x), y, first_index=lo, **kw)
+    return attribute(model, to_float(x), y, first_index=lo, **kw)
 
 
 def local_runner(workers: int = 1):
@@ -218,8 +220,12 @@ def compute_maps(
     work_root: Path,
     pool: int = 16,
     runner=None,
+    method: str = "shap_partition",
+    steps: int = 32,
+    samples: int = 16,
 ) -> tuple[np.ndarray, Path]:
-    """SHAP maps for uint8 images x (N×C×H×W) and labels y, in resumable shards.
+    """Attribution maps (SHAP Partition by default; `method`, `steps`, `samples`: impactx.attribution) for
+    uint8 images x (N×C×H×W) and labels y, in resumable shards.
     Returns the raw float32 maps and the work folder (delete it once the maps are saved).
 
     runner(jobs, on_done, progress) computes the missing shards (each job: shard_maps's arguments) and
@@ -228,6 +234,8 @@ def compute_maps(
     check_masker(masker)
     settings = dict(max_evals=max_evals, batch_size=batch_size, masker=masker, shard_size=shard_size, seed=seed,
                     pool=pool)  # fmt: skip
+    if method != "shap_partition":  # (SHAP's work folders keep their names)
+        settings |= dict(method=method, steps=steps, samples=samples)
     work = Path(work_root) / _key(model, x, y, settings)[:16]
     work.mkdir(parents=True, exist_ok=True)
     n_shards = (len(x) + shard_size - 1) // shard_size
@@ -235,9 +243,11 @@ def compute_maps(
     todo = [s for s, p in enumerate(shard_paths) if not p.exists()]
     if len(todo) < n_shards:
         print(f"shap: resuming, {n_shards - len(todo)}/{n_shards} shards already in {work}", flush=True)
-    progress = _Progress(len(x), max_evals)
+    cost = {"shap_partition": max_evals, "integrated_gradients": steps, "gradient_shap": samples}.get(method, 1)
+    progress = _Progress(len(x), cost)
     progress.update(len(x) - sum(min(shard_size, len(x) - s * shard_size) for s in todo), computed=False)
-    kw = dict(max_evals=max_evals, batch_size=batch_size, masker=masker, seed=seed, pool=pool, device=device)
+    kw = dict(max_evals=max_evals, batch_size=batch_size, masker=masker, seed=seed, pool=pool, device=device,
+              method=method, steps=steps, samples=samples)  # fmt: skip
     jobs = []
     for s in todo:
         lo, hi = s * shard_size, min((s + 1) * shard_size, len(x))
