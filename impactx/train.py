@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -85,7 +86,7 @@ def augment(x: torch.Tensor, r: torch.Tensor | None, recipe: RecipeParams, gen: 
     return out[0], (out[1] if r is not None else None)
 
 
-def _fit(model, params, recipe: RecipeParams, train_loader, val_split, device, seed, on_epoch, desc: str):
+def _fit(model, params, recipe: RecipeParams, train_loader, val_split, device, seed, on_epoch, desc: str, refresh=None):
     opt = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=params.lr, weight_decay=params.weight_decay
     )
@@ -93,6 +94,8 @@ def _fit(model, params, recipe: RecipeParams, train_loader, val_split, device, s
     gen = torch.Generator().manual_seed(seed + 1)  # augmentation draws: their own stream, from the seed
     best_acc, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(1, params.epochs + 1):
+        t0 = time.perf_counter()
+        refresh_s = refresh(epoch) if refresh is not None else None  # single-stage: new maps first
         model.train()
         sums, n = {}, 0
         for batch in tqdm(
@@ -111,6 +114,9 @@ def _fit(model, params, recipe: RecipeParams, train_loader, val_split, device, s
         metrics = {f"train_{k}": v / n for k, v in sums.items()}
         metrics["lr"] = opt.param_groups[0]["lr"]
         metrics["val_accuracy"] = accuracy(model, val_split, device)
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        if refresh_s is not None:
+            metrics["refresh_seconds"] = refresh_s
         if sched is not None:
             sched.step()
         history.append(metrics)
@@ -140,10 +146,25 @@ def train_model(
 ) -> dict:
     """Adam on the trainable parameters, with the recipe's augmentation, schedule and early stopping (none
     by default); model.loss(x, y, r) returns the losses of one batch, "loss" first. With `maps`, each
-    batch also carries the SHAP maps r of its images, augmented with them. The best validation epoch's
-    weights are kept."""
+    batch also carries the SHAP maps r of its images, augmented with them. A model with refresh_maps
+    (single-stage IMPACTX) replaces them at the start of an epoch when it returns new ones. The best
+    validation epoch's weights are kept."""
     seed_everything(seed)
     model.to(device)
     extra = () if maps is None else (maps,)
     loader = make_loader(train, params.batch_size, device, *extra, shuffle=True, seed=seed)
-    return _fit(model, params, recipe or RecipeParams(), loader, val, device, seed, on_epoch, desc)
+    refresh = None
+    if maps is not None and hasattr(model, "refresh_maps"):
+        images = to_float(train.x)
+
+        def refresh(epoch: int) -> float | None:
+            t0 = time.perf_counter()
+            new = model.refresh_maps(epoch, images, train.y, device)
+            if new is None:
+                return None
+            maps.copy_(new)  # the loader's tensor: the next batches carry the new maps
+            model.to(device)
+            print(f"{desc} epoch {epoch}: maps refreshed from the current model in {time.perf_counter() - t0:.1f}s", flush=True)
+            return time.perf_counter() - t0
+
+    return _fit(model, params, recipe or RecipeParams(), loader, val, device, seed, on_epoch, desc, refresh)

@@ -9,8 +9,10 @@ from conftest import tiny_info
 
 from impactx import ImpactXError, methods
 from impactx.config import parse_params
+from impactx.data import Split
 from impactx.methods import Stage1
 from impactx.shap_maps import class_mean_maps
+from impactx.train import train_model
 
 INFO = tiny_info()
 
@@ -139,3 +141,27 @@ def test_checkpoints_of_the_same_weights_are_the_same_bytes(setup, tmp_path):
     methods.save(tmp_path / "a.pt", "impactx", settings, model)
     methods.save(tmp_path / "b.pt", "impactx", settings, model)
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()  # DVC sees no change
+
+
+def test_single_stage_trains_m_and_refreshes_the_maps_from_it(setup):
+    params, stage1, _ = setup
+    rng = np.random.default_rng(0)
+    split = lambda n: Split(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 4, n))  # noqa: E731
+    train, val = split(12), split(6)
+    results = {}
+    for training in ("two_stage", "single_stage"):
+        settings = params.impactx.model_copy(update={"training": training, "epochs": 4, "refresh_every": 2,
+                                                     "refresh_method": "deeplift", "batch_size": 6})  # fmt: skip
+        model = methods.get("impactx").build(stage1, settings)
+        m0 = {k: v.clone() for k, v in model.m.state_dict().items()}
+        maps = torch.from_numpy(stage1.maps.copy())
+        results[training] = train_model(model, train, val, settings, torch.device("cpu"), seed=0, maps=maps)
+        moved = any(not torch.equal(m0[k], v) for k, v in model.m.state_dict().items())
+        assert moved == (training == "single_stage")  # M frozen in two-stage training, trained in single-stage
+        refreshed = [i + 1 for i, h in enumerate(results[training]["history"]) if "refresh_seconds" in h]
+        assert refreshed == ([3] if training == "single_stage" else [])  # epochs 1 + k·refresh_every
+        if training == "single_stage":  # the loader's maps are now scaled DeepLift maps of the current A
+            assert not np.allclose(maps.numpy(), stage1.maps) and maps.abs().amax((1, 2, 3)).allclose(torch.ones(12))
+    lam0 = methods.get("impactx_lambda0")
+    control = lam0.build(stage1, lam0.settings(params).model_copy(update={"training": "single_stage", "refresh_every": 2}))
+    assert control.lam == 0 and control.refresh_maps(3, torch.rand(2, 3, 32, 32), np.zeros(2, int), torch.device("cpu")) is None  # λ = 0

@@ -1,7 +1,10 @@
-"""IMPACTX, stage 2: M frozen from stage 1; the LEP (a copy of M whose head is FC(latent_dim) + sigmoid),
-the decoder D and the classifier C trained on CE(y, C(m, z)) + λ·MSE(r, D(z)). Its map is D(LEP(x)),
-from the same forward pass as the class. The settings beyond the paper's (target scaling, decoder width
-and input, map loss) are in ImpactxParams; README "Why the decoder learns less than the class mean"."""
+"""IMPACTX. Two-stage training (the default): M frozen from stage 1; the LEP (a copy of M whose head is
+FC(latent_dim) + sigmoid), the decoder D and the classifier C trained on CE(y, C(m, z)) + λ·MSE(r, D(z)).
+Its map is D(LEP(x)), from the same forward pass as the class. Single-stage training (`training:
+single_stage`, the paper's other variant) trains M too, starting from A, and refreshes the maps from the
+current M every `refresh_every` epochs with `refresh_method` (refresh_maps). The settings beyond the
+paper's (target scaling, decoder width and input, map loss) are in ImpactxParams; README "Why the decoder
+learns less than the class mean"."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from impactx.attribution import Method as AttributionMethod
 from impactx.backbones import with_new_head
 from impactx.config import TrainParams
 from impactx.data import DatasetInfo
@@ -29,6 +33,10 @@ class ImpactxParams(TrainParams):
     decoder_width: int = Field(64, gt=0)  # channels of D's first feature map (halved per upsampling, ≥ 16)
     map_loss: Literal["mse", "pearson"] = "mse"  # mse: the paper's; pearson: 1 − per-image correlation
     decoder_input: Literal["layernorm", "raw"] = "layernorm"  # D's input: LayerNorm(z), or z itself (raw)
+    training: Literal["two_stage", "single_stage"] = "two_stage"  # single_stage: M trains too, maps refreshed
+    refresh_every: int = Field(5, gt=0)  # single_stage: new maps from the current M every this many epochs
+    refresh_method: AttributionMethod = "integrated_gradients"  # single_stage: R of the refreshes (pick a cheap one)
+    refresh_cost: int = Field(32, gt=0)  # its evaluations per image: SHAP max_evals, IG steps, GradientSHAP samples
 
 
 def standardize(r: torch.Tensor) -> torch.Tensor:
@@ -96,16 +104,20 @@ class ImpactX(nn.Module):
         decoder_width: int = 64,
         map_loss: str = "mse",
         decoder_input: str = "layernorm",
+        refresh: dict | None = None,
     ):
         super().__init__()
         self.lam = lam  # λ, the weight of the map loss (a training setting: not in the state_dict)
+        # single-stage training: M is trained too, and the maps are refreshed from it (refresh_maps);
+        # {"every": epochs, "method": R, "cost": evaluations per image}. None: two-stage, M frozen.
+        self.refresh = refresh
         self.target = target  # how the batch's max-abs scaled maps become regression targets
         self.map_loss = map_loss  # mse | pearson
         c, h, _ = image_shape
         self.normalize = baseline.normalize
         self.m = baseline.backbone
         for p in self.m.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(refresh is not None)
         in_features = self.m.head.in_features
         self.lep = with_new_head(self.m, nn.Sequential(nn.Linear(in_features, latent_dim), nn.Sigmoid()))
         for p in self.lep.parameters():
@@ -117,13 +129,14 @@ class ImpactX(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.m.eval()  # M is frozen: keep its batch-norm/dropout (if any) in inference mode
+        if self.refresh is None:
+            self.m.eval()  # M is frozen: keep its batch-norm/dropout (if any) in inference mode
         return self
 
     def _logits_and_z(self, x):
         xn = self.normalize(x)
-        with torch.no_grad():
-            m = self.m(xn)  # N×K, M frozen
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.refresh is not None):
+            m = self.m(xn)  # N×K; frozen in two-stage training
         z = self.lep(xn)  # N×latent_dim, in (0, 1)
         return self.c(torch.cat([m, z], dim=1)), z
 
@@ -133,6 +146,21 @@ class ImpactX(nn.Module):
 
     def forward(self, x):  # the class alone skips the decoder: SHAP and MoRF of this model call it often
         return self._logits_and_z(x)[0]
+
+    def refresh_maps(self, epoch: int, x: torch.Tensor, y, device) -> torch.Tensor | None:
+        """Single-stage training: at the start of epochs 1 + k·every (k ≥ 1), the scaled maps R(A, x, y) of
+        the current A = M(normalise(x)) for the training images x; None when no refresh is due (or λ = 0:
+        nothing reads the maps)."""
+        from impactx.attribution import attribute
+        from impactx.shap_maps import scale_maps
+
+        r = self.refresh
+        if r is None or self.lam == 0 or epoch == 1 or (epoch - 1) % r["every"]:
+            return None
+        a = nn.Sequential(self.normalize, self.m)  # A: the classifier whose maps the decoder learns
+        cost = {"max_evals": r["cost"], "steps": r["cost"], "samples": r["cost"]}
+        maps = attribute(a, x, y, method=r["method"], **cost, seed=epoch, device=device, batch_size=512)
+        return scale_maps(torch.from_numpy(maps))
 
     def loss(self, x, y, r) -> dict:
         logits, r_hat = self.explain(x)  # N×K, N×C×H×W
@@ -161,6 +189,8 @@ def build_impactx(baseline: Classifier, info: DatasetInfo, settings: ImpactxPara
     return ImpactX(
         baseline, info.num_classes, info.image_shape, settings.latent_dim, settings.lambda_, settings.target,
         settings.decoder_width, settings.map_loss, settings.decoder_input,
+        None if settings.training == "two_stage" else
+        {"every": settings.refresh_every, "method": settings.refresh_method, "cost": settings.refresh_cost},
     )  # fmt: skip
 
 
