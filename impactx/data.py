@@ -141,7 +141,10 @@ def _load_stl10(p: DataParams):
     return Split(tr.data, tr.labels.astype(np.int64)), Split(te.data, te.labels.astype(np.int64)), list(tr.classes)
 
 
-def _read_image_folder(path: str | None, what: str) -> tuple[Split, list[str]]:
+def _read_image_folder(path: str | None, what: str, image_size: int | None = None) -> tuple[Split, list[str]]:
+    """<path>/<class>/* as uint8 N×C×H×W: one channel when every image is grey (PIL modes L and 1),
+    else RGB. Images of mixed sizes need data.image_size: each is resized to it as it is read."""
+    from PIL import Image
     from torchvision.datasets import ImageFolder
 
     if not path:
@@ -152,25 +155,34 @@ def _read_image_folder(path: str | None, what: str) -> tuple[Split, list[str]]:
         folder = ImageFolder(path)
     except (FileNotFoundError, RuntimeError) as e:  # no class folders / no images
         raise ImpactXError(f"data.{what}: {path} has no usable classes ({e}): expected <path>/<class>/*.png") from None
-    xs = []
+    images = []
     for file, _ in folder.samples:
         try:
-            img = folder.loader(file)
+            with Image.open(file) as img:
+                img.load()
+                images.append(img.copy())
         except Exception as e:  # PIL raises several types for unreadable files
             raise ImpactXError(f"cannot read image {file} ({type(e).__name__}): remove or replace it") from None
-        xs.append(np.asarray(img, dtype=np.uint8))
+    mode = "L" if all(img.mode in ("L", "1") for img in images) else "RGB"
+    xs = []
+    for img in images:
+        a = np.asarray(img.convert(mode), dtype=np.uint8)
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # C×H×W
+        if image_size is not None and a.shape[1:] != (image_size, image_size):
+            a = _resize(Split(a[None], np.zeros(1, np.int64)), image_size).x[0]
+        xs.append(a)
     shapes = {a.shape for a in xs}
     if len(shapes) > 1:
-        raise ImpactXError(f"images under {path} have different sizes {sorted(shapes)[:3]}: set data.image_size")
-    x = np.stack(xs).transpose(0, 3, 1, 2)
-    return Split(np.ascontiguousarray(x), np.asarray(folder.targets, np.int64)), list(folder.classes)
+        raise ImpactXError(f"images under {path} have different sizes {sorted(shapes)[:3]}: set data.image_size"
+                           " (each image is resized to image_size × image_size)")  # fmt: skip
+    return Split(np.ascontiguousarray(np.stack(xs)), np.asarray(folder.targets, np.int64)), list(folder.classes)
 
 
 def _load_imagefolder(p: DataParams):
-    train, classes = _read_image_folder(p.path, "path")
+    train, classes = _read_image_folder(p.path, "path", p.image_size)
     test = None
     if p.test_path:
-        test, test_classes = _read_image_folder(p.test_path, "test_path")
+        test, test_classes = _read_image_folder(p.test_path, "test_path", p.image_size)
         if test_classes != classes:
             raise ImpactXError(f"data.test_path classes {test_classes} differ from data.path classes {classes}")
     return train, test, classes

@@ -237,7 +237,9 @@ def compute_maps(
     if method != "shap_partition":  # (SHAP's work folders keep their names)
         settings |= dict(method=method, steps=steps, samples=samples)
     work = Path(work_root) / _key(model, x, y, settings)[:16]
+    discard_abandoned(Path(work_root), work, seed)
     work.mkdir(parents=True, exist_ok=True)
+    save_json(work / OWNER, {"seed": seed})
     n_shards = (len(x) + shard_size - 1) // shard_size
     shard_paths = [work / f"shard_{s:05d}.npy" for s in range(n_shards)]
     todo = [s for s, p in enumerate(shard_paths) if not p.exists()]
@@ -282,6 +284,26 @@ def load_scaled_maps(path: Path) -> np.ndarray:
     if not Path(path).exists():
         raise ImpactXError(f"{path} not found: run the shap stage of this seed first (dvc repro)")
     return scale_maps(np.load(path))
+
+
+OWNER = "owner.json"  # in each work folder: the seed whose maps it holds
+
+
+def discard_abandoned(work_root: Path, current: Path, seed: int) -> list[Path]:
+    """Remove the work folders of the same seed with other keys: shards of a run whose model, data or
+    settings have changed since (or that DVC's run cache made unnecessary) can never be resumed. Other
+    seeds' folders are left alone: their stages may be running now."""
+    removed = []
+    for folder in sorted(work_root.glob("*/")) if work_root.is_dir() else []:
+        try:
+            owner = json.loads((folder / OWNER).read_text())["seed"]
+        except (OSError, ValueError, KeyError):
+            continue  # not ours to judge (no owner file)
+        if folder.resolve() != current.resolve() and owner == seed:
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"shap: removed {folder}, an abandoned run of seed {seed} (other model, data or settings)", flush=True)
+            removed.append(folder)
+    return removed
 
 
 def discard_work(work: Path) -> None:

@@ -88,6 +88,21 @@ def test_image_folder_with_test_folder_and_resize(tmp_path):
     assert len(ds.test.y) == 6 and ds.image_shape == (3, 32, 32)
 
 
+def test_an_all_grey_image_folder_stays_one_channel(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k in ("a", "b"):
+        (tmp_path / "grey" / k).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / "grey" / k / f"{i}.png")
+    ds = data.prepare(DataParams(source="imagefolder", path=str(tmp_path / "grey")), seed=0)
+    assert ds.image_shape == (1, 16, 16) and len(ds.info.mean) == 1
+    first = np.asarray(Image.open(sorted((tmp_path / "grey" / "a").glob("*.png"))[0]))
+    everything = np.concatenate([ds.train.x, ds.val.x, ds.test.x])[:, 0]
+    assert any(np.array_equal(first, x) for x in everything)  # the pixels themselves, not a conversion
+
+
 def test_image_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImpactXError, match="no usable classes"):
@@ -100,6 +115,8 @@ def test_image_folder_errors(tmp_path):
     write_image_folder(tmp_path / "mixed", classes=("y",), size=28)
     with pytest.raises(ImpactXError, match="different sizes"):
         data.prepare(DataParams(source="imagefolder", path=str(tmp_path / "mixed")), seed=0)
+    ds = data.prepare(DataParams(source="imagefolder", path=str(tmp_path / "mixed"), image_size=32), seed=0)
+    assert ds.image_shape == (3, 32, 32)  # mixed sizes: each image resized as it is read
     (tmp_path / "bad" / "x").mkdir(parents=True)
     (tmp_path / "bad" / "x" / "0.png").write_bytes(b"not a png")
     with pytest.raises(ImpactXError, match="cannot read image"):

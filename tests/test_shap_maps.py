@@ -83,7 +83,7 @@ def test_shards_resume_to_identical_maps(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         compute_maps(model, x, y, work_root=tmp_path / "b", **kw)
     work = next((tmp_path / "b").iterdir())
-    assert sorted(p.name for p in work.iterdir()) == ["shard_00000.npy"]  # no half-written shard
+    assert sorted(p.name for p in work.iterdir()) == ["owner.json", "shard_00000.npy"]  # no half-written shard
 
     calls.clear()
     resuming = True
@@ -100,3 +100,16 @@ def test_worker_processes_give_the_same_maps(tmp_path):
     one, _ = compute_maps(model, x, y, work_root=tmp_path / "a", **kw)
     two, _ = compute_maps(model, x, y, work_root=tmp_path / "b", runner=local_runner(workers=2), **kw)
     assert one.tobytes() == two.tobytes()
+
+
+def test_an_abandoned_run_of_the_same_seed_is_removed_and_other_seeds_are_kept(tmp_path):
+    model = tiny_model()
+    x = np.random.default_rng(0).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)
+    y = np.array([0, 1, 2, 3])
+    kw = dict(batch_size=50, masker="blur(4,4)", shard_size=2, device=CPU, work_root=tmp_path)
+    _, old = compute_maps(model, x, y, max_evals=100, seed=0, **kw)  # then max_evals changed: never resumed
+    _, other_seed = compute_maps(model, x, y, max_evals=100, seed=1, **kw)  # another seed's stage, maybe running
+    foreign = tmp_path / "not_ours"
+    foreign.mkdir()
+    _, new = compute_maps(model, x, y, max_evals=120, seed=0, **kw)
+    assert not old.exists() and new.exists() and other_seed.exists() and foreign.exists()
