@@ -8,6 +8,7 @@ the DVC stage, git revision, dataset and backbone as tags, and method and seed w
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -78,18 +79,45 @@ def tracking_uri(uri: str, cwd: str | Path | None = None) -> str:
     return uri
 
 
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """For a sqlite store: one process at a time creates or migrates its tables and creates experiments
+    and parent runs (an exclusive lock on <db>.lock). Without it, stages starting together on a new
+    database lost runs to migration races ("duplicate column name: step") and made two parent runs."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    lock = Path(uri[len(prefix) :] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def setup(params: Params) -> str:
     """Point MLflow at params.mlflow and return the experiment id (artifacts go to the project's
     mlartifacts/)."""
-    mlflow.set_tracking_uri(tracking_uri(params.mlflow.tracking_uri))
-    exp = mlflow.get_experiment_by_name(params.mlflow.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    artifacts = (project_root() / "mlartifacts").as_uri()
-    return mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifacts)
+    uri = tracking_uri(params.mlflow.tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        MlflowClient()  # opening the store creates or migrates its tables: one process at a time
+        exp = mlflow.get_experiment_by_name(params.mlflow.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        artifacts = (project_root() / "mlartifacts").as_uri()
+        return mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifacts)
 
 
 def _parent_run_id(params: Params, experiment_id: str, tags: dict) -> str:
+    with store_lock(mlflow.get_tracking_uri()):  # stages starting together find or make one parent
+        return _find_or_make_parent(params, experiment_id, tags)
+
+
+def _find_or_make_parent(params: Params, experiment_id: str, tags: dict) -> str:
     key = pipeline_key(params)
     found = mlflow.search_runs(
         [experiment_id], filter_string=f"tags.`impactx.pipeline` = '{key}'", max_results=1, output_format="list"

@@ -153,3 +153,33 @@ def test_a_killed_stage_leaves_no_run_running(tmp_path, sig):
         pass
     assert client.get_run(child[0].info.run_id).info.status == "KILLED"
     assert all(r.info.status != "RUNNING" for r in client.search_runs([exp]))
+
+
+WRITER = """
+import sys
+from impactx import tracking
+from impactx.config import parse_params
+params = parse_params({"mlflow": {"tracking_uri": sys.argv[1]}})
+for i in range(3):
+    with tracking.stage_run(f"stage{sys.argv[2]}-{i}", params):
+        pass
+"""
+
+
+def test_writers_starting_together_on_a_new_store_lose_no_run(tmp_path):
+    """Six stage processes on a database that does not exist yet: before the store lock, migrations raced
+    ("duplicate column name: step", "table ... already exists") and runs were lost."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path}/new.db"
+    (tmp_path / "w.py").write_text(WRITER)
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "w.py"), uri, str(i)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(6)]  # fmt: skip
+    for p in procs:
+        out, _ = p.communicate(timeout=180)
+        assert p.returncode == 0, out[-2000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(runs) == 19 and len(parents) == 1  # 6 × 3 stage runs, under one parent
