@@ -80,10 +80,10 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id])
     tagged = [r for r in runs if r.data.tags.get("prefect_flow_run_id") == str(state.state_details.flow_run_id)]
-    stages = ["fetch_data", "finetune@0", "shap@0", "teacher@0", "train@impactx-0", "evaluate@impactx",
+    stages = ["check_params", "fetch_data", "finetune@0", "shap@0", "teacher@0", "train@impactx-0", "evaluate@impactx",
               "evaluate_baseline@baseline", "compare"]  # fmt: skip
     assert list(state.result()) == stages  # dvc.yaml's order, foreach/matrix expanded
-    assert {r.data.tags["dvc_stage"] for r in tagged} == set(stages) - {"teacher@0"}  # teacher: no MLflow run
+    assert {r.data.tags["dvc_stage"] for r in tagged} == set(stages) - {"teacher@0", "check_params"}  # no MLflow run
 
     again = pipeline(overrides={"impactx.lambda": 0.4}, root=str(root), experiment="tiny-again")
     assert set(again.values()) == {"skipped"}  # DVC's cache decides: nothing runs
@@ -126,7 +126,7 @@ def test_dask_fanout_equals_single_process_even_when_a_worker_dies(tmp_path, pre
     )
     assert marker.exists()  # a worker process really died in the middle of a shard
     assert killed.tobytes() == single.tobytes()
-    assert sorted(p.name for p in work.iterdir()) == [f"shard_{i:05d}.npy" for i in range(3)]
+    assert sorted(p.name for p in work.glob("shard_*")) == [f"shard_{i:05d}.npy" for i in range(3)]
 
 
 def test_deployments_load_and_validate():

@@ -24,7 +24,7 @@ def outs(stage) -> list[Path]:
 
 def test_every_declared_output_is_a_layout_path(stages):
     params = load_params(REPO / "params.yaml")
-    expected = {"fetch_data": [layout.PREPARED]}
+    expected = {"check_params": [], "fetch_data": [layout.PREPARED]}
     for s in params.seeds:
         expected[f"finetune@{s}"] = [layout.model("baseline", s)]
         expected[f"shap@{s}"] = [layout.shap_maps(s), layout.shap_meta(s)]
@@ -55,3 +55,8 @@ def test_a_controls_stages_depend_on_the_module_of_the_method_it_controls(stages
         parent = f"impactx/methods/{methods.get(name).control_of}.py"
         for stage in (f"train_control@{name}-0", f"evaluate_control@{name}"):
             assert parent in [str(d.def_path) for d in stages[stage].deps], stage
+
+
+def test_check_params_depends_on_every_key(stages):
+    (dep,) = [d for d in stages["check_params"].deps if hasattr(d, "params")]
+    assert dep.params == []  # `params.yaml:` with no keys: the whole file

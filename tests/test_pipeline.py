@@ -27,7 +27,7 @@ def evaluate_stage(method: str) -> str:
 
 
 STAGES = (
-    ["fetch_data"]
+    ["check_params", "fetch_data"]
     + [f"shap@{s}" for s in SEEDS]
     + [f"teacher@{s}" for s in SEEDS]
     + [train_stage(m, s) for m in ROWS for s in SEEDS]
@@ -124,7 +124,7 @@ def test_mlflow_runs_are_tagged_and_registered(project):
     exp = client.get_experiment_by_name("impactx")
     runs = client.search_runs([exp.experiment_id])
     by_stage = {r.data.tags.get("dvc_stage"): r for r in runs}
-    tracked = [s for s in STAGES if not s.startswith("teacher@")]  # a derived array, not a run
+    tracked = [s for s in STAGES if not s.startswith("teacher@") and s != "check_params"]  # no MLflow run
     assert set(tracked) <= set(by_stage)
     assert len({r.data.tags["mlflow.parentRunId"] for s, r in by_stage.items() if s in tracked}) == 1
     for m in ROWS:
@@ -159,6 +159,7 @@ def test_second_repro_is_a_noop(project):
 
 
 CONTROL = {"train_control@impactx_lambda0-0", "train_control@impactx_lambda0-1"}
+CHECK = "check_params"  # depends on every key: any change re-checks the whole file
 
 
 def changed_stages(root) -> set[str]:
@@ -169,12 +170,12 @@ def changed_stages(root) -> set[str]:
 @pytest.mark.parametrize(
     "change,expected",
     [
-        ({"impactx": {"lambda": 0.4}}, {"train@impactx-0", "train@impactx-1"}),  # not the control
-        ({"impactx": {"epochs": 3}}, {"train@impactx-0", "train@impactx-1", *CONTROL}),  # the control shares it
-        ({"abn": {"lr": 0.01}}, {"train@abn-0", "train@abn-1"}),
-        ({"wae": {"batch_size": 16}}, {"train@wae-0", "train@wae-1"}),
-        ({"finetune": {"epochs": 3}}, {"finetune@0", "finetune@1"}),
-        ({"attribution": {"method": "integrated_gradients"}}, {"shap@0", "shap@1", "teacher@0", "teacher@1"}),
+        ({"impactx": {"lambda": 0.4}}, {"train@impactx-0", "train@impactx-1", CHECK}),  # not the control
+        ({"impactx": {"epochs": 3}}, {"train@impactx-0", "train@impactx-1", *CONTROL, CHECK}),  # the control shares it
+        ({"abn": {"lr": 0.01}}, {"train@abn-0", "train@abn-1", CHECK}),
+        ({"wae": {"batch_size": 16}}, {"train@wae-0", "train@wae-1", CHECK}),
+        ({"finetune": {"epochs": 3}}, {"finetune@0", "finetune@1", CHECK}),
+        ({"attribution": {"method": "integrated_gradients"}}, {"shap@0", "shap@1", "teacher@0", "teacher@1", CHECK}),
     ],
 )
 def test_a_method_setting_changes_only_that_methods_stages(project, change, expected):
@@ -192,7 +193,7 @@ def test_a_method_setting_changes_only_that_methods_stages(project, change, expe
 def test_lambda_experiment_reruns_impactx_and_compare_only(project):
     root, _ = project
     exp = run(["dvc", "exp", "run", "-S", "impactx.lambda=0.4"], root)
-    assert sorted(ran(exp.stdout)) == ["compare", "evaluate@impactx", "train@impactx-0", "train@impactx-1"]
+    assert sorted(ran(exp.stdout)) == [CHECK, "compare", "evaluate@impactx", "train@impactx-0", "train@impactx-1"]
     run(["git", "checkout", "--", "."], root)  # back to the committed params and results
     run(["dvc", "checkout"], root)
 
@@ -246,6 +247,19 @@ def test_bad_params_fail_in_one_line_and_leave_stage_undone(project):
         (root / "params.yaml").write_text(good)
 
 
+@pytest.mark.e2e
+def test_an_unknown_key_stops_repro_even_when_every_stage_is_cached(project):
+    root, _ = project
+    good = (root / "params.yaml").read_text()
+    try:
+        (root / "params.yaml").write_text(good + "foo: 1\n")  # no stage reads it
+        bad = run(["dvc", "repro"], root, check=False)
+        assert bad.returncode != 0 and "error: params.yaml: unknown key 'foo': remove it" in bad.stderr
+        assert ran(bad.stdout) == [CHECK]  # nothing else ran
+    finally:
+        (root / "params.yaml").write_text(good)
+
+
 def readme_method_example() -> str:
     """The Python block of the README's "Adding a method" section."""
     section = (REPO / "README.md").read_text().split("### Adding a method", 1)[1]
@@ -259,7 +273,7 @@ def test_the_readmes_method_example_is_one_module_and_its_params(project):
     params = yaml.safe_load((root / "params.yaml").read_text())
     set_params(root, methods=[*params["methods"], "smooth"], smooth={"epochs": 2, "batch_size": 32, "smoothing": 0.2})
     out = run(["dvc", "repro"], root)
-    assert sorted(ran(out.stdout)) == ["compare", "evaluate@smooth", "train@smooth-0", "train@smooth-1"]  # nothing else
+    assert sorted(ran(out.stdout)) == [CHECK, "compare", "evaluate@smooth", "train@smooth-0", "train@smooth-1"]  # nothing else
     table = json.loads((root / "metrics/comparison.json").read_text())
     assert list(table) == [*ROWS, "smooth"]
     assert "| A + label smoothing | " in (root / "metrics/comparison.md").read_text()
