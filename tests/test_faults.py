@@ -1,0 +1,74 @@
+"""Faults a future change must not bring back: kill -9 of each long stage, then a re-run, leaves no
+partial output, gives byte-identical results and no RUNNING MLflow run. (The other faults have their
+tests beside the code: a malicious champion and writers racing on a new store in test_tracking.py, a
+queued experiment's runs in test_pipeline.py, a flow run leaving params.yaml as it was in test_flows.py.)"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import md5, run, tiny_project
+
+# slow enough to be killed mid-way: six SHAP shards of 16 images at 1000 evaluations, 40 epochs of IMPACTX
+SLOW = {"seeds": [0], "methods": ["impactx"], "controls": [],
+        "shap": {"max_evals": 1000, "shard_size": 16}, "impactx": {"epochs": 40, "batch_size": 32, "latent_dim": 64}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tiny_project(tmp_path_factory.mktemp("faults"), **SLOW)
+    run(["dvc", "repro", "train@impactx-0"], root)
+    return root, {p: md5(root / p) for p in ("shap/seed0/maps.npy", "models/impactx/seed0.pt")}
+
+
+def kill_when(root: Path, stage: str, ready) -> None:
+    """Start `dvc repro -f -s stage`, SIGKILL its whole process group once ready(root, output) is true."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    log = root / f"killed-{stage}.log"
+    with open(log, "w") as f:
+        p = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=root, env=env, stdout=f,
+                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not ready(root, log.read_text()):
+        assert p.poll() is None, f"{stage} finished before it could be killed:\n{log.read_text()[-2000:]}"
+        assert time.time() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(30)
+
+
+def running_runs(root: Path) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("impactx").experiment_id
+    return [r.data.tags.get("dvc_stage") for r in client.search_runs([exp], "attributes.status = 'RUNNING'")]
+
+
+def no_temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".*.tmp") if ".dvc" not in p.parts and ".git" not in p.parts]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "stage,output,ready",
+    [
+        ("shap@0", "shap/seed0/maps.npy", lambda root, out: len(list(root.glob(".shap_work/*/shard_*.npy"))) >= 2),
+        ("train@impactx-0", "models/impactx/seed0.pt", lambda root, out: "impactx epoch 2:" in out),
+    ],
+)
+def test_kill_9_then_rerun_gives_the_same_bytes_and_no_running_run(project, stage, output, ready):
+    root, first = project
+    kill_when(root, stage, ready)
+    assert not (root / output).exists() and not no_temp_files(root)  # nothing that looks complete
+    assert running_runs(root) == [stage]  # the killed process could not end its run
+    again = run(["dvc", "repro", "-f", "-s", stage], root)  # -f: run it (not DVC's run cache); it ends the orphan
+    if stage.startswith("shap"):
+        assert "shap: resuming, " in again.stdout  # only the missing shards are computed
+    assert md5(root / output) == first[output]
+    assert running_runs(root) == []
+    assert "changed" not in run(["dvc", "status", "train@impactx-0"], root).stdout  # downstream unchanged
