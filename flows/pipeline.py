@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from impactx.io import atomic_write
+from impactx.io import atomic_write, exclusive_lock
 from impactx.tracking import FLOW_RUN_ENV  # the stages' MLflow runs take the flow-run id from it
 
 PROGRESS_EVERY = 30.0  # seconds between two logged progress-bar lines
@@ -144,22 +143,11 @@ def params_restored(repo: Path):
             atomic_write(path, lambda tmp: tmp.write_bytes(before))
 
 
-@contextlib.contextmanager
 def checkout_lock(repo: Path):
     """One flow run at a time in a checkout: deployments that share a clone (nightly, lambda-sweep) wait
     for each other instead of rewriting each other's params.yaml."""
-    lock_path = repo / ".dvc" / "tmp" / "impactx-flow.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"another flow run holds {lock_path}: waiting for it to finish")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    wait = lambda path: print(f"another flow run holds {path}: waiting for it to finish")  # noqa: E731
+    return exclusive_lock(repo / ".dvc" / "tmp" / "impactx-flow.lock", on_wait=wait)
 
 
 @flow(name="impactx-sweep", log_prints=True)

@@ -3,6 +3,8 @@ never leaves a file that looks complete to DVC or to a resumed run."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -10,6 +12,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, on_wait=None):
+    """Hold an exclusive flock on `path` (created if missing); on_wait(path) is called first when another
+    process holds it, then this one waits."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(path)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def atomic_write(path: Path, write) -> None:

@@ -8,7 +8,6 @@ the DVC stage, git revision, dataset and backbone as tags, and method and seed w
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from impactx import ImpactXError
 from impactx.config import Params
+from impactx.io import exclusive_lock
 
 CHAMPION = "champion"
 CHECKPOINT_DIR = "checkpoint"  # the evaluate run's artifact folder for the weights-only checkpoint
@@ -88,14 +88,8 @@ def store_lock(uri: str):
     if not uri.startswith(prefix):
         yield
         return
-    lock = Path(uri[len(prefix) :] + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with exclusive_lock(Path(uri[len(prefix) :] + ".lock")):
+        yield
 
 
 def setup(params: Params) -> str:
