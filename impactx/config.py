@@ -91,6 +91,15 @@ class AttributionParams(_Section):
     #                             models:/cifar10-mobilenet_v2-baseline/1 (pin a version: DVC sees the string)
 
 
+class DaskTLS(_Section):
+    """Client certificates for a scheduler at a tls:// address: PEM files, as `dask scheduler --tls-*`
+    takes them (README "SHAP shards on a Dask cluster")."""
+
+    ca_file: str  # the CA that signed the scheduler's, the workers' and this client's certificates
+    cert: str  # this client's certificate
+    key: str  # its private key
+
+
 class ShapParams(_Section):
     max_evals: int = Field(2000, ge=10)
     batch_size: int = Field(500, gt=0)
@@ -101,6 +110,16 @@ class ShapParams(_Section):
     executor: Literal["local", "dask"] = "local"  # dask: shards as Prefect tasks on a Dask cluster
     dask_address: str | None = None  # scheduler address of a running cluster; None starts a LocalCluster
     gpus_per_shard: float = Field(0.0, ge=0)  # Dask resource "GPU" each shard task needs (workers: --resources GPU=1)
+    dask_tls: DaskTLS | None = None  # certificates for a tls:// dask_address; None: a plain tcp:// cluster
+
+    @model_validator(mode="after")
+    def _tls_with_tls_address(self):
+        tls_address = (self.dask_address or "").startswith("tls://")
+        if tls_address and self.dask_tls is None:
+            raise ValueError("dask_address is tls://: set shap.dask_tls (ca_file, cert, key) to connect to it")
+        if self.dask_tls is not None and not tls_address:
+            raise ValueError("dask_tls is set: give the scheduler's tls:// address in shap.dask_address")
+        return self
 
 
 class EvaluateParams(_Section):
@@ -197,6 +216,8 @@ def parse_params(raw: dict, source: str = "params.yaml") -> CoreParams:
         key = ".".join(str(p) for p in err["loc"]) or "<top level>"
         if err["type"] == "extra_forbidden":
             msg = f"{source}: unknown key '{key}': remove it or fix its spelling"
+        elif err["type"] == "value_error" and isinstance(err.get("input"), dict):  # a rule over a section's keys
+            msg = f"{source}: {key}: {err['msg'].removeprefix('Value error, ')}"
         else:
             msg = f"{source}: {key}: {err['msg']} (got {err.get('input')!r}): fix this value"
         raise ImpactXError(msg) from None

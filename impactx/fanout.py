@@ -87,16 +87,33 @@ def local_cluster_kwargs(workers: int, gpus_per_shard: float = 0.0) -> dict:
     return kw
 
 
-def dask_runner(address: str | None = None, workers: int = 2, gpus_per_shard: float = 0.0):
-    """A compute_maps runner: shard jobs as Prefect tasks on the Dask cluster at `address`, or on a
-    LocalCluster of `workers` single-threaded worker processes when address is None."""
+def tls_security(tls):
+    """Dask's Security for a client of a tls:// scheduler, from shap.dask_tls (ca_file, cert, key):
+    encryption required, and the scheduler's certificate checked against the CA."""
+    from distributed.security import Security
+
+    from impactx import ImpactXError
+
+    for key in ("ca_file", "cert", "key"):
+        if not os.path.isfile(getattr(tls, key)):
+            raise ImpactXError(f"shap.dask_tls.{key}: {getattr(tls, key)} not found: point it at the PEM file")
+    return Security(tls_ca_file=tls.ca_file, tls_client_cert=tls.cert, tls_client_key=tls.key, require_encryption=True)
+
+
+def dask_runner(address: str | None = None, workers: int = 2, gpus_per_shard: float = 0.0, tls=None):
+    """A compute_maps runner: shard jobs as Prefect tasks on the Dask cluster at `address` (tls: the
+    client certificates of a tls:// scheduler, shap.dask_tls), or on a LocalCluster of `workers`
+    single-threaded worker processes when address is None."""
     from prefect_dask import DaskTaskRunner
+
+    security = tls_security(tls) if tls is not None else None  # missing files fail before any shard runs
 
     def run(jobs: list[tuple], on_done, progress) -> None:
         if not jobs:
             return
         if address:
-            task_runner, threads = DaskTaskRunner(address=address), None  # the cluster's workers decide
+            client = {"security": security} if security is not None else None
+            task_runner, threads = DaskTaskRunner(address=address, client_kwargs=client), None  # its workers decide
         else:
             cluster = local_cluster_kwargs(workers, gpus_per_shard) | {"env": _prefect_env()}
             task_runner, threads = DaskTaskRunner(cluster_kwargs=cluster), max(1, (os.cpu_count() or 1) // workers)

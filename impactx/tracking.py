@@ -14,7 +14,9 @@ import os
 import pickle
 import signal
 import socket
+import sqlite3
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -92,18 +94,52 @@ def store_lock(uri: str):
         yield
 
 
+# Where MLflow's sqlite schema keeps absolute artifact locations (MLflow has no API to change them)
+ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+)
+
+
 def setup(params: Params) -> str:
     """Point MLflow at params.mlflow and return the experiment id (artifacts go to the project's
-    mlartifacts/)."""
+    mlartifacts/). A project whose own store (a relative sqlite path) moved or was copied with it gets
+    its artifact locations pointed at this project's mlartifacts/ (relocate_artifacts)."""
     uri = tracking_uri(params.mlflow.tracking_uri)
     mlflow.set_tracking_uri(uri)
+    artifacts = (project_root() / "mlartifacts").as_uri()
     with store_lock(uri):
         MlflowClient()  # opening the store creates or migrates its tables: one process at a time
         exp = mlflow.get_experiment_by_name(params.mlflow.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        artifacts = (project_root() / "mlartifacts").as_uri()
-        return mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifacts)
+        if exp is None:
+            return mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifacts)
+        if uri != params.mlflow.tracking_uri and exp.artifact_location != artifacts:  # the project's own store
+            relocate_artifacts(Path(uri.removeprefix("sqlite:///")), exp.artifact_location, artifacts)
+        return exp.experiment_id
+
+
+def relocate_artifacts(db: Path, old: str, new: str) -> int:
+    """Rewrite every artifact location under `old` (the mlartifacts/ URI of where the project was) to
+    `new` (where it is): a moved or copied project then reads and writes its own artifacts, never the
+    first copy's. Only file:// locations ending in /mlartifacts, as setup() makes them, are touched.
+    Returns how many locations changed."""
+    if not (old.startswith("file://") and old.endswith("/mlartifacts")):
+        return 0  # not a location this package made: the user chose it
+    changed = 0
+    with contextlib.closing(sqlite3.connect(db)) as con, con:  # one transaction
+        for table, column in ARTIFACT_COLUMNS:
+            if column not in {row[1] for row in con.execute(f"pragma table_info({table})")}:
+                continue  # an older schema without this table
+            changed += con.execute(
+                f"update {table} set {column} = ? || substr({column}, ?) "
+                f"where {column} = ? or substr({column}, 1, ?) = ?",
+                (new, len(old) + 1, old, len(old) + 1, old + "/"),
+            ).rowcount
+    print(f"tracking: this project's store was made at {old.removesuffix('/mlartifacts')}: {changed} artifact"
+          f" locations now point to {new}", file=sys.stderr)  # fmt: skip
+    return changed
 
 
 def _parent_run_id(params: Params, experiment_id: str, tags: dict) -> str:
@@ -145,10 +181,31 @@ def stage_run(
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, tags=tags) as run:
         previous = signal.signal(signal.SIGTERM, _killed) if _main_thread() else None
         try:
-            yield run
+            with _watchdog(run.info.run_id):
+                yield run
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _watchdog(run_id: str):
+    """Start impactx.watchdog for this run: if this process dies without leaving this block (SIGKILL, the
+    OOM killer), the watcher ends the run as KILLED at once. It is in its own session, so a kill of the
+    whole process group leaves it to do that; end_orphans is the fallback when it dies too."""
+    read, write = os.pipe()
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "impactx.watchdog", mlflow.get_tracking_uri(), run_id],
+            stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    finally:
+        os.close(read)
+    try:
+        yield
+    finally:
+        os.write(write, b"done")
+        os.close(write)
 
 
 def _main_thread() -> bool:

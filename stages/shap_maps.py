@@ -17,7 +17,7 @@ def runner(p):
     if p.executor == "dask":
         from impactx.fanout import dask_runner
 
-        return dask_runner(address=p.dask_address, workers=p.workers, gpus_per_shard=p.gpus_per_shard)
+        return dask_runner(p.dask_address, p.workers, p.gpus_per_shard, p.dask_tls)
     return shap_maps.local_runner(p.workers)
 
 

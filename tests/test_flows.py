@@ -129,6 +129,40 @@ def test_dask_fanout_equals_single_process_even_when_a_worker_dies(tmp_path, pre
     assert sorted(p.name for p in work.glob("shard_*")) == [f"shard_{i:05d}.npy" for i in range(3)]
 
 
+def test_dask_fanout_reaches_a_tls_scheduler_with_the_client_certificates(tmp_path, prefect_server):
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    from impactx import ImpactXError
+    from impactx.config import DaskTLS, parse_params
+
+    sec = Security.temporary()  # a self-signed CA and one certificate, as PEM text: written out as files
+    files = {}
+    for key, pem in (("ca_file", sec.tls_ca_file), ("cert", sec.tls_client_cert), ("key", sec.tls_client_key)):
+        files[key] = str(tmp_path / f"{key}.pem")
+        (tmp_path / f"{key}.pem").write_text(pem)
+    model = tiny_model()
+    x = np.random.default_rng(1).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)
+    y = np.array([0, 1, 2, 3])
+    kw = dict(max_evals=100, batch_size=50, masker="blur(4,4)", shard_size=2, seed=0, device=CPU)
+    single, _ = compute_maps(model, x, y, work_root=tmp_path / "single", **kw)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls", host="127.0.0.1",
+                      security=sec, dashboard_address=None) as cluster:  # fmt: skip
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        runner = dask_runner(address, tls=DaskTLS(**files))
+        fanned, _ = compute_maps(model, x, y, work_root=tmp_path / "tls", runner=runner, **kw)
+    assert fanned.tobytes() == single.tobytes()
+
+    shap = {"executor": "dask", "dask_address": address}  # params.yaml: a tls:// address needs the files
+    with pytest.raises(ImpactXError, match=r"^params.yaml: shap: dask_address is tls://: set shap.dask_tls"):
+        parse_params({"shap": shap})
+    with pytest.raises(ImpactXError, match="give the scheduler's tls:// address"):
+        parse_params({"shap": {"dask_address": "tcp://10.0.0.2:8786", "dask_tls": files}})
+    with pytest.raises(ImpactXError, match=r"^shap.dask_tls.cert: .*nope.pem not found"):
+        dask_runner(address, tls=DaskTLS(**{**files, "cert": str(tmp_path / "nope.pem")}))
+
+
 def test_deployments_load_and_validate():
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}

@@ -113,6 +113,32 @@ def test_a_queued_experiments_workspace_logs_into_the_projects_store(tmp_path):
     assert tracking.tracking_uri("http://127.0.0.1:5000", workspace) == "http://127.0.0.1:5000"
 
 
+def test_a_moved_project_reads_and_writes_its_own_artifacts_not_the_old_paths(tmp_path, monkeypatch):
+    import shutil
+
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    first.mkdir()
+    monkeypatch.chdir(first)
+    params = parse_params({})  # the default store: sqlite:///mlflow.db, the project's own file
+    version = register(params, 0.5)
+    assert mlflow.get_experiment_by_name("impactx").artifact_location == (first / "mlartifacts").as_uri()
+    shutil.move(first, moved)  # `mv` of the whole project, its store and artifacts with it
+    monkeypatch.chdir(moved)
+
+    experiment_id = tracking.setup(params)
+    new_root = (moved / "mlartifacts").as_uri()
+    assert mlflow.get_experiment(experiment_id).artifact_location == new_root
+    runs = MlflowClient().search_runs([experiment_id])
+    assert runs and all(r.info.artifact_uri.startswith(new_root + "/") for r in runs)
+    served = mlflow.pyfunc.load_model(f"models:/toy-lenet5-baseline/{version}")  # read from the new place
+    assert served.predict(np.random.rand(1, 3, 16, 16).astype(np.float32)).shape[0] == 1
+    with tracking.stage_run("evaluate", params) as run:
+        mlflow.log_text("written after the move", "note.txt")
+    assert mlflow.get_run(run.info.run_id).info.artifact_uri.startswith(new_root + "/")
+    assert not first.exists()  # nothing was written to where the project used to be
+    assert tracking.setup(params) == experiment_id  # and the next stage finds nothing left to move
+
+
 STAGE_THAT_HANGS = """
 import sys, time
 from impactx import tracking
@@ -124,12 +150,14 @@ with tracking.stage_run("train@impactx-0", params):
 """
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL", "SIGKILL, its watchdog too"])
 def test_a_killed_stage_leaves_no_run_running(tmp_path, sig):
-    """SIGTERM ends the run as KILLED at once; after SIGKILL the next stage run ends it as KILLED."""
+    """SIGTERM ends the run as KILLED at once; after SIGKILL the stage's watchdog does; when the watchdog
+    is killed as well, the next stage run does."""
     import signal
     import subprocess
     import sys
+    import time
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     params = parse_params({"mlflow": {"tracking_uri": uri}})
@@ -138,20 +166,30 @@ def test_a_killed_stage_leaves_no_run_running(tmp_path, sig):
     script.write_text(STAGE_THAT_HANGS)
     p = subprocess.Popen([sys.executable, str(script), uri], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "started"
-    p.send_signal(getattr(signal, sig))
-    p.wait(30)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(params.mlflow.experiment).experiment_id
     child = [r for r in client.search_runs([exp]) if r.data.tags.get("dvc_stage") == "train@impactx-0"]
     assert len(child) == 1
+    run_id = child[0].info.run_id
+    if sig == "SIGKILL, its watchdog too":
+        subprocess.run(["pkill", "-9", "-f", f"impactx.watchdog .* {run_id}"], check=True)
+    p.send_signal(signal.SIGTERM if sig == "SIGTERM" else signal.SIGKILL)
+    p.wait(30)
     if sig == "SIGTERM":
-        assert p.returncode == 128 + signal.SIGTERM and child[0].info.status == "KILLED"
+        assert p.returncode == 128 + signal.SIGTERM and client.get_run(run_id).info.status == "KILLED"
         return
-    assert child[0].info.status == "RUNNING"  # nothing could run in a SIGKILLed process
+    deadline = time.time() + 30
+    while client.get_run(run_id).info.status == "RUNNING" and time.time() < deadline and sig == "SIGKILL":
+        time.sleep(0.2)
+    if sig == "SIGKILL":  # nothing runs in a SIGKILLed process: its watchdog saw the pipe close
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and "watchdog" in run.data.tags["impactx.ended_by"]
+        return
+    assert client.get_run(run_id).info.status == "RUNNING"
     mlflow.set_tracking_uri(uri)
     with tracking.stage_run("train@impactx-0", params):  # the next run of any stage on this machine
         pass
-    assert client.get_run(child[0].info.run_id).info.status == "KILLED"
+    assert client.get_run(run_id).info.status == "KILLED"
     assert all(r.info.status != "RUNNING" for r in client.search_runs([exp]))
 
 
