@@ -36,6 +36,17 @@ EXPLAINERS = {  # what produced the maps, for maps.json
 }
 
 
+NAMES = {"shap_partition": "SHAP", "integrated_gradients": "Integrated Gradients", "gradient_shap": "GradientSHAP",
+         "deeplift": "DeepLIFT"}  # fmt: skip
+
+
+def teacher_label(params) -> str:
+    """The training and teacher maps in words, for the tables: "SHAP of A", "Integrated Gradients of A",
+    "SHAP of models:/cifar10-mobilenet_v2-baseline/1"."""
+    a = params.attribution
+    return f"{NAMES[a.method]} of {a.teacher or 'A'}"
+
+
 USES = {  # the settings each method reads
     "shap_partition": ("max_evals", "batch_size", "masker", "pool"),
     "integrated_gradients": ("steps", "batch_size"),

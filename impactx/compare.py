@@ -106,8 +106,9 @@ def _verdict(p: dict, scale: float, unit: str, higher: str, lower: str) -> str:
     return f"{mean:+.{digits}f} ± {half:.{digits}f}{unit} ({p['n']} seeds): {word}"
 
 
-def verdicts(summary: dict) -> list[str]:
-    """One plain sentence per claim: paired differences over seeds with their 95% intervals."""
+def verdicts(summary: dict, teacher: str = "SHAP of A") -> list[str]:
+    """One plain sentence per claim: paired differences over seeds with their 95% intervals. `teacher`
+    names what the fidelity scores compare with (attribution.teacher_label)."""
     lines = []
     for name, s in summary.items():
         label = methods.get(name).label
@@ -129,7 +130,7 @@ def verdicts(summary: dict) -> list[str]:
         for floor, what in FLOOR_LABEL.items():
             if f"pearson_minus_{floor}" in s:
                 v = _verdict(s[f"pearson_minus_{floor}"], 1, "", "beats this floor", "below this floor")
-                lines.append(f"- {label}, Pearson with SHAP of A (true class) − {what}: {v}")
+                lines.append(f"- {label}, Pearson with {teacher} (true class) − {what}: {v}")
     return lines
 
 
@@ -154,14 +155,14 @@ def faithfulness_table(summary: dict) -> list[str]:
     return lines
 
 
-def fidelity_table(summary: dict) -> list[str]:
-    """Agreement with the teacher (SHAP of A for the true class, held-out images) and its two floors."""
+def fidelity_table(summary: dict, teacher: str = "SHAP of A") -> list[str]:
+    """Agreement with the teacher (`teacher` for the true class, held-out images) and its two floors."""
     rows = [(n, s["fidelity"]) for n, s in summary.items() if "fidelity" in s]
     if not rows:
         return []
     lines = [
         "",
-        "Agreement with SHAP of A for the true class on the held-out MoRF images, mean ± std over seeds"
+        f"Agreement with {teacher} for the true class on the held-out MoRF images, mean ± std over seeds"
         " (per image, then averaged). Floors: the class-mean training map of the true class (an oracle: it is"
         " given the label), of the model's predicted class (what the classifier alone gives), a random map.",
         "",
@@ -183,7 +184,7 @@ def _cell(stat: dict, digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def markdown(summary: dict, title: str, seeds: list[int]) -> str:
+def markdown(summary: dict, title: str, seeds: list[int], teacher: str = "SHAP of A") -> str:
     lines = [
         f"## {title}",
         "",
@@ -203,11 +204,11 @@ def markdown(summary: dict, title: str, seeds: list[int]) -> str:
         "Epochs: the best validation epoch / the epochs run, mean over seeds. IMPACTX, its control and WAE"
         " train on top of A (the baseline's epochs, then their own); ABN starts from A's initial weights.",
         *faithfulness_table(summary),
-        *fidelity_table(summary),
+        *fidelity_table(summary, teacher),
         "",
         "Paired over seeds (mean difference ± half-width of its 95% t-interval):",
         "",
-        *verdicts(summary),
+        *verdicts(summary, teacher),
     ]
     return "\n".join(lines) + "\n"
 

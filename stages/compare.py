@@ -5,7 +5,7 @@ import json
 
 import mlflow
 
-from impactx import ImpactXError, compare, data, figures, layout, methods, tracking
+from impactx import ImpactXError, attribution, compare, data, figures, layout, methods, tracking
 from impactx.cli import run_stage
 from impactx.config import load_params
 from impactx.io import atomic_write, save_json
@@ -20,7 +20,8 @@ def main():
         raise ImpactXError(f"no results for {', '.join(missing)}: run `dvc repro` (it evaluates every method and seed)")
     records = [json.loads(layout.result(m, s).read_text()) for m, s in runs]
     summary = compare.summarize(records, rows)
-    table = compare.markdown(summary, f"{params.data.source}, {params.model.backbone}", params.seeds)
+    title = f"{params.data.source}, {params.model.backbone}"
+    table = compare.markdown(summary, title, params.seeds, attribution.teacher_label(params))
     save_json(layout.TABLE_JSON, summary)
     atomic_write(layout.TABLE_MD, lambda t: t.write_text(table))
     save_json(layout.MORF_PLOT, compare.morf_rows(records, rows))

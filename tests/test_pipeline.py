@@ -175,7 +175,7 @@ def changed_stages(root) -> set[str]:
         ({"abn": {"lr": 0.01}}, {"train@abn-0", "train@abn-1", CHECK}),
         ({"wae": {"batch_size": 16}}, {"train@wae-0", "train@wae-1", CHECK}),
         ({"finetune": {"epochs": 3}}, {"finetune@0", "finetune@1", CHECK}),
-        ({"attribution": {"method": "integrated_gradients"}}, {"shap@0", "shap@1", "teacher@0", "teacher@1", CHECK}),
+        ({"attribution": {"method": "integrated_gradients"}}, {"shap@0", "shap@1", "teacher@0", "teacher@1", "compare", CHECK}),
     ],
 )
 def test_a_method_setting_changes_only_that_methods_stages(project, change, expected):
