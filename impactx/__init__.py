@@ -19,6 +19,7 @@ Modules, one idea each:
     experiments  the best DVC experiment by a validation metric
     figures      paper-style figures
     tracking     MLflow runs, model logging, registry and champion alias
+    watchdog     ends a stage's MLflow run as KILLED when its process is SIGKILLed
     serving      the registered model as an MLflow pyfunc: class, probabilities and map per image
     console      the `impactx` command: `impactx explain IMAGES... --model models:/...`
     layout       where the stages read and write
