@@ -22,6 +22,7 @@ import uuid
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from impactx import ImpactXError
 from impactx.shap_maps import shard_maps
 
 # Jobs hold a model and image arrays: they reach the flow through this table, not as flow parameters
@@ -92,8 +93,6 @@ def tls_security(tls):
     encryption required, and the scheduler's certificate checked against the CA."""
     from distributed.security import Security
 
-    from impactx import ImpactXError
-
     for key in ("ca_file", "cert", "key"):
         if not os.path.isfile(getattr(tls, key)):
             raise ImpactXError(f"shap.dask_tls.{key}: {getattr(tls, key)} not found: point it at the PEM file")
@@ -112,7 +111,7 @@ def dask_runner(address: str | None = None, workers: int = 2, gpus_per_shard: fl
         if not jobs:
             return
         if address:
-            client = {"security": security} if security is not None else None
+            client = {"security": security}  # None: Dask's default, a plain tcp:// client
             task_runner, threads = DaskTaskRunner(address=address, client_kwargs=client), None  # its workers decide
         else:
             cluster = local_cluster_kwargs(workers, gpus_per_shard) | {"env": _prefect_env()}

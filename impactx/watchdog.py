@@ -7,6 +7,7 @@ Usage (tracking.stage_run starts it): python -m impactx.watchdog TRACKING_URI RU
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -16,8 +17,6 @@ def main(uri: str, run_id: str) -> None:
         said += chunk
     if said.endswith(b"done"):
         return
-    import os
-
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 

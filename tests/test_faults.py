@@ -41,20 +41,21 @@ def kill_when(root: Path, stage: str, ready) -> None:
     p.wait(30)
 
 
-def running_runs(root: Path) -> list[str]:
+def runs_with_status(root: Path, status: str) -> list:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("impactx").experiment_id
-    return [r.data.tags.get("dvc_stage") for r in client.search_runs([exp], "attributes.status = 'RUNNING'")]
+    return client.search_runs([exp], f"attributes.status = '{status}'")
+
+
+def running_runs(root: Path) -> list[str]:
+    return [r.data.tags.get("dvc_stage") for r in runs_with_status(root, "RUNNING")]
 
 
 def killed_runs(root: Path) -> list[str]:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("impactx").experiment_id
-    found = client.search_runs([exp], "attributes.status = 'KILLED'")
+    """The stages whose run its watchdog ended."""
+    found = runs_with_status(root, "KILLED")
     return [r.data.tags.get("dvc_stage") for r in found if "watchdog" in r.data.tags.get("impactx.ended_by", "")]
 
 
