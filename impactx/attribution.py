@@ -67,6 +67,13 @@ def settings(params) -> dict:
                 masker=s.masker, pool=s.pool_size)  # fmt: skip
 
 
+def map_seed(params, seed: int) -> int:
+    """The seed of R's random draws (SHAP's ties, GradientSHAP's baselines) for replicate `seed`: its own
+    for maps of its A; the data seed for a teacher, whose maps are then the same for every replicate
+    (one teacher, one set of maps: the shap stage computes them once and the other seeds reuse them)."""
+    return seed if params.attribution.teacher is None else params.seed
+
+
 def explained_model(params, info, seed: int):
     """The model R explains, and what it is: A of `seed` (stage 1), or attribution.teacher, an MLflow
     model this pipeline logged (models:/<name>/<version>, runs:/..., or a model folder). The teacher is

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -223,6 +224,7 @@ def compute_maps(
     method: str = "shap_partition",
     steps: int = 32,
     samples: int = 16,
+    reuse: Sequence[Path] = (),
 ) -> tuple[np.ndarray, Path]:
     """Attribution maps (SHAP Partition by default; `method`, `steps`, `samples`: impactx.attribution) for
     uint8 images x (N×C×H×W) and labels y, in resumable shards.
@@ -230,13 +232,22 @@ def compute_maps(
 
     runner(jobs, on_done, progress) computes the missing shards (each job: shard_maps's arguments) and
     hands each result to on_done(job index, maps), which writes the shard atomically: local_runner() by
-    default, impactx.fanout.dask_runner() for a Dask cluster."""
+    default, impactx.fanout.dask_runner() for a Dask cluster.
+
+    reuse: maps.json files of other seeds. Where one has this run's fingerprint (the work folder's name:
+    a hash of the model's weights, the images, the labels and the settings), its maps.npy is returned and
+    nothing is computed. Only a teacher's maps can match: each seed's A has its own weights."""
     check_masker(masker)
     settings = dict(max_evals=max_evals, batch_size=batch_size, masker=masker, shard_size=shard_size, seed=seed,
                     pool=pool)  # fmt: skip
     if method != "shap_partition":  # (SHAP's work folders keep their names)
         settings |= dict(method=method, steps=steps, samples=samples)
     work = Path(work_root) / _key(model, x, y, settings)[:16]
+    for meta in reuse:
+        maps = _finished_maps(meta, work.name, x.shape)
+        if maps is not None:
+            print(f"shap: the same model, images and settings as {meta.parent}: its maps reused, none computed", flush=True)
+            return maps, work
     discard_abandoned(Path(work_root), work, seed)
     work.mkdir(parents=True, exist_ok=True)
     save_json(work / OWNER, {"seed": seed})
@@ -262,6 +273,26 @@ def compute_maps(
     progress.close()
     maps = np.concatenate([np.load(p) for p in shard_paths])
     return maps, work
+
+
+def fingerprint(meta: Path) -> str | None:
+    """The fingerprint a maps.json records (compute_maps's work folder name), or None."""
+    try:
+        return json.loads(Path(meta).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _finished_maps(meta: Path, key: str, shape: tuple) -> np.ndarray | None:
+    """The maps.npy beside `meta` if that run had fingerprint `key` (checked before and after the read, in
+    case its stage is rewriting them) and the shape of these images."""
+    if fingerprint(meta) != key:
+        return None
+    try:
+        maps = np.load(Path(meta).with_name("maps.npy"))
+    except (OSError, ValueError):
+        return None
+    return maps if maps.shape == tuple(shape) and fingerprint(meta) == key else None
 
 
 def save_maps(maps: np.ndarray, meta: dict, seed: int) -> None:

@@ -32,10 +32,12 @@ def main():
     with tracking.stage_run(f"shap@{seed}", params, seed=seed):
         tracking.log_params_section(params, "attribution", "shap")
         t0 = time.perf_counter()
+        others = [layout.shap_meta(k) for k in params.seeds if k != seed]  # a teacher's maps: computed once
         maps, work = shap_maps.compute_maps(
-            model, ds.train.x, ds.train.y, **r, shard_size=p.shard_size, seed=seed, device=resolve_device(params.device),
-            work_root=layout.SHAP_WORK, runner=runner(p),
+            model, ds.train.x, ds.train.y, **r, shard_size=p.shard_size, seed=attribution.map_seed(params, seed),
+            device=resolve_device(params.device), work_root=layout.SHAP_WORK, runner=runner(p), reuse=others,
         )  # fmt: skip
+        reused = next((str(m.parent) for m in others if shap_maps.fingerprint(m) == work.name), None)
         seconds = time.perf_counter() - t0
         rate = len(maps) / seconds
         meta = {
@@ -43,9 +45,12 @@ def main():
             "explained_model": explained,
             "explainer": attribution.EXPLAINERS[r["method"]],
             "versions": {d: version(d) for d in ("shap", "captum")},
-            "random_seed": "np.random.RandomState([seed, image index]) (SHAP's ties, GradientSHAP's draws)",
+            "random_seed": "np.random.RandomState([map_seed, image index]) (SHAP's ties, GradientSHAP's draws)",
             **attribution.used(r),
             "seed": seed,
+            "map_seed": attribution.map_seed(params, seed),
+            "fingerprint": work.name,
+            "reused_from": reused,
             "output": f"softmax probability of the true class, of {explained}",
             "shape": list(maps.shape),
             "dtype": "float32",
@@ -57,7 +62,7 @@ def main():
                            | ({"evals_per_s": rate * p.max_evals} if r["method"] == "shap_partition" else {}))
     shap_maps.discard_work(work)
     print(
-        f"shap: {len(maps)} maps of {explained} ({attribution.EXPLAINERS[r['method']]}) in {seconds:.1f}s ({rate:,.1f} images/s) -> {layout.shap_maps(seed)}"
+        f"shap: {len(maps)} maps of {explained}{f' (reused from {reused})' if reused else ''} ({attribution.EXPLAINERS[r['method']]}) in {seconds:.1f}s ({rate:,.1f} images/s) -> {layout.shap_maps(seed)}"
     )
 
 

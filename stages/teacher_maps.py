@@ -17,7 +17,7 @@ def main():
     model, explained = attribution.explained_model(params, ds.info, seed)
     idx, x = morf_subset(ds, params)
     r = attribution.settings(params)
-    maps = attribution.attribute(model, x, ds.test.y[idx], **r, seed=seed, device=resolve_device(params.device))
+    maps = attribution.attribute(model, x, ds.test.y[idx], **r, seed=attribution.map_seed(params, seed), device=resolve_device(params.device))
     save_npy(layout.teacher_maps(seed), maps)
     print(f"teacher: {r['method']} of {explained} for the true class of {len(idx)} held-out images -> {layout.teacher_maps(seed)}")
 

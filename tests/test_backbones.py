@@ -21,14 +21,14 @@ def no_network(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
 
-@pytest.mark.parametrize("name,channels", [("lenet5", 6), ("mobilenet_v2", 24), ("efficientnet_b2", 24)])
+@pytest.mark.parametrize("name,channels", [("lenet5", 6), ("cnn3", 16), ("mobilenet_v2", 24), ("efficientnet_b2", 24)])
 @pytest.mark.parametrize("size", [32, 96])
 def test_backbone_parts_and_shapes(name, channels, size):
     net = build_backbone(name, 3, 7, size).eval()
     x = torch.rand(2, 3, size, size)
     assert net(x).shape == (2, 7)
     c, h, w = feature_shape(net, 3, size)
-    assert c == channels and h == w and h in (size // 2 - 2, size // 4)  # stride 2 (LeNet) or 4
+    assert c == channels and h == w and h in (size // 2 - 2, size // 2, size // 4)  # stride 2 (LeNet, cnn3) or 4
     assert isinstance(net.head, torch.nn.Linear) and net.head.out_features == 7
 
 
@@ -61,6 +61,7 @@ def test_offline_without_weights_is_one_line_naming_the_file(no_network):
     "params,expected",
     [
         (ModelParams(backbone="lenet5", pretrained=True), "lenet5 has no pretrained weights"),
+        (ModelParams(backbone="cnn3", pretrained=True), "cnn3 has no pretrained weights"),
         (
             ModelParams(backbone="mobilenet_v2", pretrained=True, weights="IMAGENET9K"),
             "not a MobileNet_V2_Weights name",

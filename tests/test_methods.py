@@ -114,9 +114,9 @@ def test_wae_feeds_the_probability_weighted_class_mean_map(setup):
     assert not torch.equal(model.backbone.stem[0].weight, model.a.stem[0].weight)  # its own copy trained
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v2", "efficientnet_b2"])
-def test_every_method_on_torchvision_backbones(tmp_path, backbone):
-    """Each method builds, trains a step, explains and reloads on the torchvision backbones (no weights)."""
+@pytest.mark.parametrize("backbone", ["cnn3", "mobilenet_v2", "efficientnet_b2"])
+def test_every_method_on_the_other_backbones(tmp_path, backbone):
+    """Each method builds, trains a step, explains and reloads on cnn3 and the torchvision backbones (no weights)."""
     torch.manual_seed(0)
     params = parse_params({"model": {"backbone": backbone}, "impactx": {"latent_dim": 16}})
     path = tmp_path / "baseline.pt"

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,39 @@ def test_an_abandoned_run_of_the_same_seed_is_removed_and_other_seeds_are_kept(t
     foreign.mkdir()
     _, new = compute_maps(model, x, y, max_evals=120, seed=0, **kw)
     assert not old.exists() and new.exists() and other_seed.exists() and foreign.exists()
+
+
+def test_maps_with_the_same_fingerprint_are_reused_not_computed(tmp_path):
+    """A teacher's maps are the same for every seed: the second seed's stage reads the first's."""
+    model, other = tiny_model(), tiny_model(seed=1)  # other weights: another fingerprint
+    x = np.random.default_rng(0).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)
+    y = np.array([0, 1, 2, 3])
+    kw = dict(max_evals=100, batch_size=50, masker="blur(4,4)", shard_size=2, seed=0, device=CPU, work_root=tmp_path / "w")
+    first, work = compute_maps(model, x, y, **kw)
+    done = tmp_path / "seed0"
+    done.mkdir()
+    np.save(done / "maps.npy", first)
+    (done / "maps.json").write_text(json.dumps({"fingerprint": work.name}))
+
+    def never(jobs, on_done, progress):
+        raise AssertionError("computed maps it could reuse")
+
+    reused, again = compute_maps(model, x, y, runner=never, reuse=[tmp_path / "nope" / "maps.json", done / "maps.json"], **kw)
+    assert again.name == work.name and shap_maps.fingerprint(done / "maps.json") == work.name
+    assert reused.tobytes() == first.tobytes()
+    computed = []
+    _, third = compute_maps(other, x, y, runner=lambda jobs, *a: computed.append(len(jobs)) or local_runner()(jobs, *a),
+                            reuse=[done / "maps.json"], **kw)  # fmt: skip
+    assert computed == [2] and third.name != work.name
+    with pytest.raises(AssertionError, match="computed maps it could reuse"):  # other images: no match either
+        compute_maps(model, x[::-1].copy(), y, runner=never, reuse=[done / "maps.json"], **kw)
+
+
+def test_a_teachers_maps_take_the_data_seed_so_every_replicate_shares_them():
+    from impactx.attribution import map_seed
+    from impactx.config import parse_params
+
+    own = parse_params({"seed": 3})
+    teacher = parse_params({"seed": 3, "attribution": {"teacher": "models:/t/1"}})
+    assert [map_seed(own, s) for s in (0, 1, 2)] == [0, 1, 2]
+    assert [map_seed(teacher, s) for s in (0, 1, 2)] == [3, 3, 3]
