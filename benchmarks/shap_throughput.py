@@ -2,7 +2,7 @@
 
 LeNet-5 (random weights, seeded) on 32×32×3 images, one process, one machine, all three measured in this
 run. Evaluations are counted as images × max_evals (both explainers spend exactly max_evals, +1 at most).
-With --workers N it also measures the shap stage's multi-process path (compute_maps with N single-thread
+With --workers N it also measures the attribution stage's multi-process path (compute_maps with N single-thread
 processes, process start-up included) against the forward of N single-thread processes.
 Prints one JSON line. Example:
 

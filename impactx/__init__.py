@@ -4,16 +4,17 @@ it is compared with.
 Modules, one idea each:
     config       params.yaml schema and validation (method sections come from the registry)
     data         data sources, the fixed, seeded train/val/test split, DatasetInfo
-    backbones    registry of feature extractors M (LeNet-5, MobileNetV2, EfficientNet-B2) and their weights
+    backbones    registry of feature extractors M (LeNet-5, cnn3, MobileNetV2, EfficientNet-B2) and their weights
     model        the baseline classifier A = M(normalise(x))
     methods/     the method registry, one module per row of the table (baseline, impactx,
                  impactx_lambda0, abn, wae): build from stage 1, loss, map, checkpoints
     train        the training loop every method uses, and the training recipe (augmentation, schedule)
-    shap_maps    SHAP attribution maps for the true class, sharded and resumable
+    attribution  R as a param: SHAP Partition or captum's gradient methods, of A or of a teacher model
+    shap_maps    SHAP attribution maps for the true class; the attribution stage's resumable shards
     owen         Partition SHAP for many images at once
     fanout       SHAP shards on a Dask cluster through Prefect
     morf         MoRF curves and AOPC
-    fidelity     agreement of a map with SHAP of A for the true class, and its floors
+    fidelity     agreement of a map with R (of A or of the teacher) for the true class, and its floors
     evaluation   accuracy, MoRF and fidelity of one (method, seed)
     compare      Table 2 over methods and seeds, paired differences and verdicts
     experiments  the best DVC experiment by a validation metric

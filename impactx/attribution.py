@@ -70,7 +70,7 @@ def settings(params) -> dict:
 def map_seed(params, seed: int) -> int:
     """The seed of R's random draws (SHAP's ties, GradientSHAP's baselines) for replicate `seed`: its own
     for maps of its A; the data seed for a teacher, whose maps are then the same for every replicate
-    (one teacher, one set of maps: the shap stage computes them once and the other seeds reuse them)."""
+    (one teacher, one set of maps: the attribution stage computes them once and the other seeds reuse them)."""
     return seed if params.attribution.teacher is None else params.seed
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 PREPARED = Path("data/prepared")  # fetch_data: the split dataset
 DATASET, INFO = "dataset.npz", "info.json"  # file names inside PREPARED
-SHAP_WORK = Path(".shap_work")  # resumable SHAP shards, removed once maps.npy is written
+ATTRIBUTION_WORK = Path(".attribution_work")  # resumable shards of the attribution stage, removed once maps.npy is written
 TABLE_JSON = Path("metrics/comparison.json")  # the DVC metric: numbers only
 TABLE_MD = Path("metrics/comparison.md")  # the same table with labels and map kinds
 MORF_PLOT = Path("plots/morf.json")  # DVC plot data: one row per (method, fraction)
@@ -26,18 +26,18 @@ def model(method: str, seed: int) -> Path:
     return models(method) / f"seed{seed}.pt"
 
 
-def shap_dir(seed: int) -> Path:
-    return Path("shap") / f"seed{seed}"
+def attribution_dir(seed: int) -> Path:
+    return Path("attribution") / f"seed{seed}"
 
 
-def shap_maps(seed: int) -> Path:
-    """Raw SHAP maps of the training images, N×C×H×W float32."""
-    return shap_dir(seed) / "maps.npy"
+def attribution_maps(seed: int) -> Path:
+    """Raw attribution maps (R) of the training images, N×C×H×W float32."""
+    return attribution_dir(seed) / "maps.npy"
 
 
-def shap_meta(seed: int) -> Path:
-    """What produced shap_maps(seed): explainer, masker, evaluations, timing."""
-    return shap_dir(seed) / "maps.json"
+def attribution_meta(seed: int) -> Path:
+    """What produced attribution_maps(seed): method, explained model, settings, fingerprint, timing."""
+    return attribution_dir(seed) / "maps.json"
 
 
 def results(method: str) -> Path:
@@ -46,8 +46,9 @@ def results(method: str) -> Path:
 
 
 def teacher_maps(seed: int) -> Path:
-    """SHAP of A for the true class of the held-out MoRF images: what every method's map is compared with."""
-    return shap_dir(seed) / "teacher_test.npy"
+    """R (of A or of the teacher) for the true class of the held-out MoRF images: what every method's map is
+    compared with."""
+    return attribution_dir(seed) / "teacher_test.npy"
 
 
 def result(method: str, seed: int) -> Path:

@@ -161,7 +161,7 @@ class _Progress:
     """tqdm bar over images that also shows evaluations per second."""
 
     def __init__(self, total: int, max_evals: int):
-        self.bar = tqdm(total=total, desc="shap maps", unit="img", smoothing=0.05, mininterval=2)
+        self.bar = tqdm(total=total, desc="attribution maps", unit="img", smoothing=0.05, mininterval=2)
         self.max_evals, self.t0, self.done = max_evals, time.perf_counter(), 0
 
     def update(self, n: int = 1, computed: bool = True):
@@ -246,7 +246,7 @@ def compute_maps(
     for meta in reuse:
         maps = _finished_maps(meta, work.name, x.shape)
         if maps is not None:
-            print(f"shap: the same model, images and settings as {meta.parent}: its maps reused, none computed", flush=True)
+            print(f"attribution: the same model, images and settings as {meta.parent}: its maps reused, none computed", flush=True)
             return maps, work
     discard_abandoned(Path(work_root), work, seed)
     work.mkdir(parents=True, exist_ok=True)
@@ -255,7 +255,7 @@ def compute_maps(
     shard_paths = [work / f"shard_{s:05d}.npy" for s in range(n_shards)]
     todo = [s for s, p in enumerate(shard_paths) if not p.exists()]
     if len(todo) < n_shards:
-        print(f"shap: resuming, {n_shards - len(todo)}/{n_shards} shards already in {work}", flush=True)
+        print(f"attribution: resuming, {n_shards - len(todo)}/{n_shards} shards already in {work}", flush=True)
     cost = {"shap_partition": max_evals, "integrated_gradients": steps, "gradient_shap": samples}.get(method, 1)
     progress = _Progress(len(x), cost)
     progress.update(len(x) - sum(min(shard_size, len(x) - s * shard_size) for s in todo), computed=False)
@@ -297,8 +297,8 @@ def _finished_maps(meta: Path, key: str, shape: tuple) -> np.ndarray | None:
 
 def save_maps(maps: np.ndarray, meta: dict, seed: int) -> None:
     """maps.npy (raw values) and maps.json (what produced them) of one seed, where layout puts them."""
-    save_npy(layout.shap_maps(seed), maps)
-    save_json(layout.shap_meta(seed), meta)
+    save_npy(layout.attribution_maps(seed), maps)
+    save_json(layout.attribution_meta(seed), meta)
 
 
 def class_mean_maps(maps: np.ndarray, labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -313,7 +313,7 @@ def class_mean_maps(maps: np.ndarray, labels: np.ndarray, num_classes: int) -> t
 def load_scaled_maps(path: Path) -> np.ndarray:
     """The training targets: maps.npy scaled per image to [-1, 1] (scale_maps)."""
     if not Path(path).exists():
-        raise ImpactXError(f"{path} not found: run the shap stage of this seed first (dvc repro)")
+        raise ImpactXError(f"{path} not found: run the attribution stage of this seed first (dvc repro)")
     return scale_maps(np.load(path))
 
 
@@ -332,7 +332,7 @@ def discard_abandoned(work_root: Path, current: Path, seed: int) -> list[Path]:
             continue  # not ours to judge (no owner file)
         if folder.resolve() != current.resolve() and owner == seed:
             shutil.rmtree(folder, ignore_errors=True)
-            print(f"shap: removed {folder}, an abandoned run of seed {seed} (other model, data or settings)", flush=True)
+            print(f"attribution: removed {folder}, an abandoned run of seed {seed} (other model, data or settings)", flush=True)
             removed.append(folder)
     return removed
 

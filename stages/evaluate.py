@@ -19,7 +19,7 @@ def main():
     device = resolve_device(params.device)
     for seed in params.seeds:
         method, model = methods.load(layout.model(name, seed), ds.info, params.model)
-        class_maps = class_mean_maps(load_scaled_maps(layout.shap_maps(seed)), ds.train.y, ds.info.num_classes)
+        class_maps = class_mean_maps(load_scaled_maps(layout.attribution_maps(seed)), ds.train.y, ds.info.num_classes)
         teacher = np.load(layout.teacher_maps(seed))
         record, figure_maps = evaluate_run(model, method, seed, ds, params, device, teacher, class_maps.numpy())
         record["training"] = methods.training_of(layout.model(name, seed))  # best_epoch, epochs_run

@@ -22,7 +22,7 @@ SLOW = {"seeds": [0], "methods": ["impactx"], "controls": [],
 def project(tmp_path_factory):
     root = tiny_project(tmp_path_factory.mktemp("faults"), **SLOW)
     run(["dvc", "repro", "train@impactx-0"], root)
-    return root, {p: md5(root / p) for p in ("shap/seed0/maps.npy", "models/impactx/seed0.pt")}
+    return root, {p: md5(root / p) for p in ("attribution/seed0/maps.npy", "models/impactx/seed0.pt")}
 
 
 def kill_when(root: Path, stage: str, ready) -> None:
@@ -67,7 +67,7 @@ def no_temp_files(root: Path) -> list[Path]:
 @pytest.mark.parametrize(
     "stage,output,ready",
     [
-        ("shap@0", "shap/seed0/maps.npy", lambda root, out: len(list(root.glob(".shap_work/*/shard_*.npy"))) >= 2),
+        ("attribution@0", "attribution/seed0/maps.npy", lambda root, out: len(list(root.glob(".attribution_work/*/shard_*.npy"))) >= 2),
         ("train@impactx-0", "models/impactx/seed0.pt", lambda root, out: "impactx epoch 2:" in out),
     ],
 )
@@ -80,8 +80,8 @@ def test_kill_9_then_rerun_gives_the_same_bytes_and_no_running_run(project, stag
         time.sleep(0.2)
     assert running_runs(root) == [] and killed_runs(root).count(stage) == 1
     again = run(["dvc", "repro", "-f", "-s", stage], root)  # -f: run it (not DVC's run cache)
-    if stage.startswith("shap"):
-        assert "shap: resuming, " in again.stdout  # only the missing shards are computed
+    if stage.startswith("attribution"):
+        assert "attribution: resuming, " in again.stdout  # only the missing shards are computed
     assert md5(root / output) == first[output]
     assert running_runs(root) == []
     assert "changed" not in run(["dvc", "status", "train@impactx-0"], root).stdout  # downstream unchanged

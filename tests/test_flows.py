@@ -80,7 +80,7 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id])
     tagged = [r for r in runs if r.data.tags.get("prefect_flow_run_id") == str(state.state_details.flow_run_id)]
-    stages = ["check_params", "fetch_data", "finetune@0", "shap@0", "teacher@0", "train@impactx-0", "evaluate@impactx",
+    stages = ["check_params", "fetch_data", "finetune@0", "attribution@0", "teacher@0", "train@impactx-0", "evaluate@impactx",
               "evaluate_baseline@baseline", "compare"]  # fmt: skip
     assert list(state.result()) == stages  # dvc.yaml's order, foreach/matrix expanded
     assert {r.data.tags["dvc_stage"] for r in tagged} == set(stages) - {"teacher@0", "check_params"}  # no MLflow run

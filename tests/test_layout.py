@@ -27,7 +27,7 @@ def test_every_declared_output_is_a_layout_path(stages):
     expected = {"check_params": [], "fetch_data": [layout.PREPARED]}
     for s in params.seeds:
         expected[f"finetune@{s}"] = [layout.model("baseline", s)]
-        expected[f"shap@{s}"] = [layout.shap_maps(s), layout.shap_meta(s)]
+        expected[f"attribution@{s}"] = [layout.attribution_maps(s), layout.attribution_meta(s)]
         expected[f"teacher@{s}"] = [layout.teacher_maps(s)]
         for kind, names in (("", params.methods), ("_control", params.controls)):
             for m in names:

@@ -28,7 +28,7 @@ def evaluate_stage(method: str) -> str:
 
 STAGES = (
     ["check_params", "fetch_data"]
-    + [f"shap@{s}" for s in SEEDS]
+    + [f"attribution@{s}" for s in SEEDS]
     + [f"teacher@{s}" for s in SEEDS]
     + [train_stage(m, s) for m in ROWS for s in SEEDS]
     + [evaluate_stage(m) for m in ROWS]
@@ -54,7 +54,7 @@ def test_repro_runs_every_method_and_seed_and_writes_table2(project):
     root, first = project
     assert sorted(ran(first.stdout)) == sorted(STAGES)
     for seed in SEEDS:
-        maps = np.load(root / f"shap/seed{seed}/maps.npy")
+        maps = np.load(root / f"attribution/seed{seed}/maps.npy")
         assert maps.shape == (96, 3, 32, 32) and np.abs(maps).max() > 0
         for m in ROWS:
             assert (root / f"models/{m}/seed{seed}.pt").stat().st_size > 0
@@ -91,7 +91,7 @@ def test_repro_runs_every_method_and_seed_and_writes_table2(project):
     for fig in ("figures/explanations.png", "figures/morf.png"):
         assert (root / fig).stat().st_size > 0
     assert "MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db" in first.stdout
-    assert not list(root.glob(".shap_work/*"))  # shards are removed once maps.npy is in place
+    assert not list(root.glob(".attribution_work/*"))  # shards are removed once maps.npy is in place
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], root).stdout)
     assert "metrics/comparison.json" in json.dumps(shown)
     plots = json.loads(run(["dvc", "plots", "show", "--json"], root).stdout)
@@ -104,11 +104,11 @@ def test_stage2_shares_stage1_and_shap_of_its_seed(project):
     root, _ = project
     stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     for seed in SEEDS:
-        shap_md5 = next(o["md5"] for o in stages[f"shap@{seed}"]["outs"] if o["path"].endswith("maps.npy"))
+        shap_md5 = next(o["md5"] for o in stages[f"attribution@{seed}"]["outs"] if o["path"].endswith("maps.npy"))
         base_md5 = stages[f"finetune@{seed}"]["outs"][0]["md5"]
         for m in ["impactx", "impactx_lambda0", "abn", "wae"]:
             deps = {d["path"]: d["md5"] for d in stages[train_stage(m, seed)]["deps"]}
-            assert deps[f"shap/seed{seed}/maps.npy"] == shap_md5 and deps[f"models/baseline/seed{seed}.pt"] == base_md5
+            assert deps[f"attribution/seed{seed}/maps.npy"] == shap_md5 and deps[f"models/baseline/seed{seed}.pt"] == base_md5
     impactx = torch.load(root / "models/impactx/seed0.pt")["state_dict"]
     baseline = torch.load(root / "models/baseline/seed0.pt")["state_dict"]
     assert torch.equal(impactx["m.stem.0.weight"], baseline["backbone.stem.0.weight"])  # M is stage 1's, frozen
@@ -175,7 +175,7 @@ def changed_stages(root) -> set[str]:
         ({"abn": {"lr": 0.01}}, {"train@abn-0", "train@abn-1", CHECK}),
         ({"wae": {"batch_size": 16}}, {"train@wae-0", "train@wae-1", CHECK}),
         ({"finetune": {"epochs": 3}}, {"finetune@0", "finetune@1", CHECK}),
-        ({"attribution": {"method": "integrated_gradients"}}, {"shap@0", "shap@1", "teacher@0", "teacher@1", "compare", CHECK}),
+        ({"attribution": {"method": "integrated_gradients"}}, {"attribution@0", "attribution@1", "teacher@0", "teacher@1", "compare", CHECK}),
     ],
 )
 def test_a_method_setting_changes_only_that_methods_stages(project, change, expected):
@@ -186,6 +186,30 @@ def test_a_method_setting_changes_only_that_methods_stages(project, change, expe
         assert changed_stages(root) == expected
     finally:
         (root / "params.yaml").write_text(good)
+    assert changed_stages(root) == set()
+
+
+@pytest.mark.e2e
+def test_a_teachers_maps_are_computed_once_for_every_seed(project):
+    """R = SHAP of a registered model: one teacher, one set of maps; the second seed's stage reuses them."""
+    root, _ = project
+    good = (root / "params.yaml").read_text()
+    try:
+        set_params(root, attribution={"teacher": "models:/digits-lenet5-baseline/1"})
+        out = run(["dvc", "repro", "attribution@0", "attribution@1"], root).stdout
+        assert sorted(ran(out)) == ["attribution@0", "attribution@1"]
+        metas = [json.loads((root / f"attribution/seed{s}/maps.json").read_text()) for s in SEEDS]
+        assert [m["map_seed"] for m in metas] == [0, 0] and metas[0]["fingerprint"] == metas[1]["fingerprint"]
+        assert sorted(str(m["reused_from"]) for m in metas) == ["None", "attribution/seed0"] or \
+            sorted(str(m["reused_from"]) for m in metas) == ["None", "attribution/seed1"]  # fmt: skip
+        assert "its maps reused, none computed" in out
+        maps = [np.load(root / f"attribution/seed{s}/maps.npy") for s in SEEDS]
+        assert maps[0].tobytes() == maps[1].tobytes()
+        assert all(m["explained_model"] == "teacher models:/digits-lenet5-baseline/1" for m in metas)
+    finally:
+        (root / "params.yaml").write_text(good)
+        run(["git", "checkout", "--", "dvc.lock"], root)
+        run(["dvc", "checkout"], root)
     assert changed_stages(root) == set()
 
 

@@ -92,7 +92,7 @@ def test_a_malicious_champion_is_never_unpickled_and_is_replaced(local_mlflow, t
 def test_stage_runs_share_one_parent_per_configuration(local_mlflow):
     with tracking.stage_run("finetune", local_mlflow) as a:
         pass
-    with tracking.stage_run("shap", local_mlflow) as b:
+    with tracking.stage_run("attribution", local_mlflow) as b:
         pass
     other = local_mlflow.model_copy(update={"seed": 1})
     with tracking.stage_run("finetune", other) as c:

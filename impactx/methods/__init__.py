@@ -56,7 +56,7 @@ class Stage1:
         checkpoint = layout.model("baseline", seed)
         if not checkpoint.exists():
             raise ImpactXError(f"{checkpoint} not found: run stage 1 first (dvc repro finetune@{seed})")
-        return cls(ds.info, model, checkpoint, load_scaled_maps(layout.shap_maps(seed)), ds.train.y)
+        return cls(ds.info, model, checkpoint, load_scaled_maps(layout.attribution_maps(seed)), ds.train.y)
 
     def maps_tensor(self) -> torch.Tensor | None:
         return None if self.maps is None else torch.from_numpy(self.maps)

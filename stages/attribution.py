@@ -1,4 +1,4 @@
-"""DVC stage shap@<seed>: the attribution maps R(A, x, y) of A (stage 1 of that seed) for the true class
+"""DVC stage attribution@<seed>: the attribution maps R(A, x, y) of A (stage 1 of that seed) for the true class
 of every training image, in resumable shards: SHAP Partition by default, or the `attribution.method` of
 params.yaml (impactx.attribution). Every method of that seed trains on these maps."""
 
@@ -29,13 +29,13 @@ def main():
         shap_maps.check_masker(p.masker)
     ds = data.load(layout.PREPARED)
     model, explained = attribution.explained_model(params, ds.info, seed)
-    with tracking.stage_run(f"shap@{seed}", params, seed=seed):
+    with tracking.stage_run(f"attribution@{seed}", params, seed=seed):
         tracking.log_params_section(params, "attribution", "shap")
         t0 = time.perf_counter()
-        others = [layout.shap_meta(k) for k in params.seeds if k != seed]  # a teacher's maps: computed once
+        others = [layout.attribution_meta(k) for k in params.seeds if k != seed]  # a teacher's maps: computed once
         maps, work = shap_maps.compute_maps(
             model, ds.train.x, ds.train.y, **r, shard_size=p.shard_size, seed=attribution.map_seed(params, seed),
-            device=resolve_device(params.device), work_root=layout.SHAP_WORK, runner=runner(p), reuse=others,
+            device=resolve_device(params.device), work_root=layout.ATTRIBUTION_WORK, runner=runner(p), reuse=others,
         )  # fmt: skip
         reused = next((str(m.parent) for m in others if shap_maps.fingerprint(m) == work.name), None)
         seconds = time.perf_counter() - t0
@@ -62,7 +62,7 @@ def main():
                            | ({"evals_per_s": rate * p.max_evals} if r["method"] == "shap_partition" else {}))
     shap_maps.discard_work(work)
     print(
-        f"shap: {len(maps)} maps of {explained}{f' (reused from {reused})' if reused else ''} ({attribution.EXPLAINERS[r['method']]}) in {seconds:.1f}s ({rate:,.1f} images/s) -> {layout.shap_maps(seed)}"
+        f"attribution: {len(maps)} maps of {explained}{f' (reused from {reused})' if reused else ''} ({attribution.EXPLAINERS[r['method']]}) in {seconds:.1f}s ({rate:,.1f} images/s) -> {layout.attribution_maps(seed)}"
     )
 
 
