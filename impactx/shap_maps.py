@@ -236,7 +236,8 @@ def compute_maps(
 
     reuse: maps.json files of other seeds. Where one has this run's fingerprint (the work folder's name:
     a hash of the model's weights, the images, the labels and the settings), its maps.npy is returned and
-    nothing is computed. Only a teacher's maps can match: each seed's A has its own weights."""
+    nothing is computed and no work folder is made. Only a teacher's maps can match another seed's: each
+    seed's A has its own weights (and a teacher that is one seed's A matches that seed's own maps)."""
     check_masker(masker)
     settings = dict(max_evals=max_evals, batch_size=batch_size, masker=masker, shard_size=shard_size, seed=seed,
                     pool=pool)  # fmt: skip
@@ -247,6 +248,7 @@ def compute_maps(
         maps = _finished_maps(meta, work.name, x.shape)
         if maps is not None:
             print(f"attribution: the same model, images and settings as {meta.parent}: its maps reused, none computed", flush=True)
+            discard_work(work)  # shards of an earlier, interrupted run of these maps are not needed now
             return maps, work
     discard_abandoned(Path(work_root), work, seed)
     work.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,8 @@ def main():
             model, ds.train.x, ds.train.y, **r, shard_size=p.shard_size, seed=attribution.map_seed(params, seed),
             device=resolve_device(params.device), work_root=layout.ATTRIBUTION_WORK, runner=runner(p), reuse=others,
         )  # fmt: skip
-        reused = next((str(m.parent) for m in others if shap_maps.fingerprint(m) == work.name), None)
+        # compute_maps makes its work folder unless it reused another seed's maps: then, the first that matches
+        reused = None if work.exists() else next(str(m.parent) for m in others if shap_maps.fingerprint(m) == work.name)
         seconds = time.perf_counter() - t0
         rate = len(maps) / seconds
         meta = {

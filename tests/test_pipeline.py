@@ -200,8 +200,10 @@ def test_a_teachers_maps_are_computed_once_for_every_seed(project):
         assert sorted(ran(out)) == ["attribution@0", "attribution@1"]
         metas = [json.loads((root / f"attribution/seed{s}/maps.json").read_text()) for s in SEEDS]
         assert [m["map_seed"] for m in metas] == [0, 0] and metas[0]["fingerprint"] == metas[1]["fingerprint"]
-        assert sorted(str(m["reused_from"]) for m in metas) == ["None", "attribution/seed0"] or \
-            sorted(str(m["reused_from"]) for m in metas) == ["None", "attribution/seed1"]  # fmt: skip
+        # at least one stage read the other's maps (both may: the teacher is one seed's A, whose own maps match)
+        assert {m["reused_from"] for m in metas} - {None} in ({"attribution/seed0"}, {"attribution/seed1"},
+                                                              {"attribution/seed0", "attribution/seed1"})  # fmt: skip
+        assert metas[0]["reused_from"] != "attribution/seed0" and metas[1]["reused_from"] != "attribution/seed1"
         assert "its maps reused, none computed" in out
         maps = [np.load(root / f"attribution/seed{s}/maps.npy") for s in SEEDS]
         assert maps[0].tobytes() == maps[1].tobytes()

@@ -134,6 +134,7 @@ def test_maps_with_the_same_fingerprint_are_reused_not_computed(tmp_path):
 
     reused, again = compute_maps(model, x, y, runner=never, reuse=[tmp_path / "nope" / "maps.json", done / "maps.json"], **kw)
     assert again.name == work.name and shap_maps.fingerprint(done / "maps.json") == work.name
+    assert not again.exists()  # no work folder: how the stage tells a reuse from a computation
     assert reused.tobytes() == first.tobytes()
     computed = []
     _, third = compute_maps(other, x, y, runner=lambda jobs, *a: computed.append(len(jobs)) or local_runner()(jobs, *a),
