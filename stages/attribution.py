@@ -32,13 +32,14 @@ def main():
     with tracking.stage_run(f"attribution@{seed}", params, seed=seed):
         tracking.log_params_section(params, "attribution", "shap")
         t0 = time.perf_counter()
+        map_seed = attribution.map_seed(params, seed)
         others = [layout.attribution_meta(k) for k in params.seeds if k != seed]  # a teacher's maps: computed once
         maps, work = shap_maps.compute_maps(
-            model, ds.train.x, ds.train.y, **r, shard_size=p.shard_size, seed=attribution.map_seed(params, seed),
+            model, ds.train.x, ds.train.y, **r, shard_size=p.shard_size, seed=map_seed,
             device=resolve_device(params.device), work_root=layout.ATTRIBUTION_WORK, runner=runner(p), reuse=others,
         )  # fmt: skip
         # compute_maps makes its work folder unless it reused another seed's maps: then, the first that matches
-        reused = None if work.exists() else next(str(m.parent) for m in others if shap_maps.fingerprint(m) == work.name)
+        reused = None if work.exists() else next((str(m.parent) for m in others if shap_maps.fingerprint(m) == work.name), None)
         seconds = time.perf_counter() - t0
         rate = len(maps) / seconds
         meta = {
@@ -49,7 +50,7 @@ def main():
             "random_seed": "np.random.RandomState([map_seed, image index]) (SHAP's ties, GradientSHAP's draws)",
             **attribution.used(r),
             "seed": seed,
-            "map_seed": attribution.map_seed(params, seed),
+            "map_seed": map_seed,
             "fingerprint": work.name,
             "reused_from": reused,
             "output": f"softmax probability of the true class, of {explained}",
