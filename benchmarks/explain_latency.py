@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from impactx import layout, methods
-from impactx.config import load_params, parse_params
+from impactx.params import load_params, parse_params
 from impactx.data import DatasetInfo, load_info
 from impactx.evaluation import LATENCY_IMAGES, explain_latency, timed_post_hoc_shap
 from impactx.methods import Stage1
@@ -30,19 +30,19 @@ def random_impactx(info: DatasetInfo, params):
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "baseline.pt"
-        methods.save(base, "baseline", params.finetune, methods.build("baseline", Stage1(info, params.model), params))
+        methods.save(base, "baseline", params.baseline, methods.build("baseline", Stage1(info, params.model), params))
         return methods.build("impactx", Stage1(info, params.model, base), params).eval()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--max-evals", type=int, help="SHAP evaluations per image (default: params.yaml shap.max_evals)")
+    ap.add_argument("--max-evals", type=int, help="SHAP evaluations per image (default: params.yaml attribution.shap_partition.max_evals)")
     ap.add_argument("--checkpoint", type=Path, help="a method's checkpoint (needs data/prepared/info.json)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     torch.set_flush_denormal(True)
     params = load_params() if Path("params.yaml").exists() else parse_params({})
-    max_evals = args.max_evals or params.shap.max_evals
+    max_evals = args.max_evals or params.attribution.shap_partition.max_evals
     params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"shap_max_evals": max_evals})})
     device = resolve_device(args.device)
     if args.checkpoint:
@@ -61,7 +61,7 @@ def main():
     rows = explain_latency(model, x, shap_seconds, device)
     print(json.dumps({
         "model": str(args.checkpoint or "impactx on lenet5, random weights"), "device": str(device),
-        "image_shape": list(info.image_shape), "max_evals": max_evals, "masker": params.shap.masker,
+        "image_shape": list(info.image_shape), "max_evals": max_evals, "masker": params.attribution.shap_partition.masker,
         "threads": torch.get_num_threads(),
         **{f"images_{r['images']}": {k: round(v, 6) for k, v in r.items() if k != "images"} for r in rows},
     }))  # fmt: skip

@@ -1,4 +1,4 @@
-"""SHAP precompute speed: raw forward vs shap.PartitionExplainer vs impactx.shap_maps.partition_shap.
+"""SHAP precompute speed: raw forward vs shap.PartitionExplainer vs impactx's shap_partition (impactx.owen).
 
 LeNet-5 (random weights, seeded) on 32×32×3 images, one process, one machine, all three measured in this
 run. Evaluations are counted as images × max_evals (both explainers spend exactly max_evals, +1 at most).
@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from impactx.backbones import build_backbone
+from impactx.attribution import Spec, attribute
+from impactx.attribution.shap_partition import ShapPartitionSettings, shap_true_class
 from impactx.model import Classifier
-from impactx.shap_maps import compute_maps, local_runner, partition_shap, shap_true_class
+from impactx.shards import compute_maps, local_runner
 
 
 def forward_throughput(model, x, batch_sizes=(256, 512, 1024, 2048, 4096), seconds=2.0):
@@ -72,6 +74,8 @@ def main():
     y = rng.integers(0, 10, args.images)
     cpu = torch.device("cpu")
     kw = dict(max_evals=args.max_evals, batch_size=args.batch_size, masker=args.masker)
+    spec = Spec("shap_partition", ShapPartitionSettings(max_evals=args.max_evals, masker=args.masker, pool_size=args.pool),
+                args.batch_size)  # fmt: skip
 
     forward_ips, forward_bs = forward_throughput(model, x)
 
@@ -80,9 +84,9 @@ def main():
     reference = shap_true_class(model, x, y, device=cpu, **kw)
     shap_eps = args.images * args.max_evals / (time.perf_counter() - t0)
 
-    partition_shap(model, x[:2], y[:2], device=cpu, pool=args.pool, **kw)  # warm-up
+    attribute(model, x[:2], y[:2], spec, device=cpu)  # warm-up
     t0 = time.perf_counter()
-    ours = partition_shap(model, x, y, device=cpu, pool=args.pool, **kw)
+    ours = attribute(model, x, y, spec, device=cpu)
     ours_eps = args.images * args.max_evals / (time.perf_counter() - t0)
 
     # the limit is the best forward seen, measured before and after the explainers (clock and load drift)
@@ -95,8 +99,8 @@ def main():
         y8 = rng.integers(0, 10, n)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            compute_maps(model, x8, y8, shard_size=max(1, n // (2 * args.workers)), seed=0, device=cpu,
-                         work_root=Path(tmp), pool=args.pool, runner=local_runner(args.workers), **kw)  # fmt: skip
+            compute_maps(model, x8, y8, spec, shard_size=max(1, n // (2 * args.workers)), seed=0, device=cpu,
+                         work_root=Path(tmp), runner=local_runner(args.workers))  # fmt: skip
             multi_eps = n * args.max_evals / (time.perf_counter() - t0)
         multi_forward = forward_throughput_processes(args.workers)
         extra = {

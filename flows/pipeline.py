@@ -42,7 +42,7 @@ class StageFailed(RuntimeError):
 
 
 def stages(root: Path) -> list[str]:
-    """Every stage of dvc.yaml with foreach/matrix expanded (finetune@0, train@impactx-0, ...), in file
+    """Every stage of dvc.yaml with foreach/matrix expanded (baseline@0, train@impactx-0, ...), in file
     order, which is the DAG's order."""
     out = subprocess.run([DVC, "stage", "list", "--name-only"], cwd=root, capture_output=True, text=True)
     if out.returncode:
@@ -53,7 +53,7 @@ def stages(root: Path) -> list[str]:
 
 
 def override_args(overrides: dict[str, Any] | list[str]) -> list[str]:
-    """{"impactx.lambda": 0.4, "shap.masker": "blur(8,8)"} -> Hydra overrides, as `dvc exp run -S` takes them
+    """{"impactx.lambda": 0.4, "attribution.shap_partition.masker": "blur(8,8)"} -> Hydra overrides, as `dvc exp run -S` takes them
     (a list is taken as such overrides already)."""
     if isinstance(overrides, list):
         return overrides

@@ -1,7 +1,7 @@
-"""`python -m impactx`: the `impactx` command (impactx.console)."""
+"""`python -m impactx`: the `impactx` command (impactx.cli)."""
 
 import sys
 
-from impactx.console import main
+from impactx.cli import main
 
 sys.exit(main())

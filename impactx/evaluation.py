@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from impactx import morf
+from impactx.attribution import Spec, attribute
 from impactx.config import Params
 from impactx.data import Dataset, to_float
 from impactx.fidelity import fidelity
 from impactx.methods import Method
-from impactx.shap_maps import partition_shap
 from impactx.train import accuracy, inference_batch_size, predict_logits
 
 MAPS = ("own", "shap", "random")  # the maps judged on each model
@@ -47,12 +47,17 @@ def explain_batched(model, x: torch.Tensor, device: torch.device) -> tuple[torch
 def post_hoc_shap(
     model, x: torch.Tensor, pred: np.ndarray, seed: int, params: Params, device, first_index: int = 0
 ) -> torch.Tensor:
-    """SHAP of the model for its predicted class (evaluate.shap_max_evals evaluations per image)."""
-    maps = partition_shap(
-        model, x, pred, max_evals=params.evaluate.shap_max_evals, batch_size=params.shap.batch_size,
-        masker=params.shap.masker, seed=seed, pool=params.shap.pool_size, device=device, first_index=first_index,
-    )  # fmt: skip
+    """SHAP of the model for its predicted class: Partition SHAP with attribution.shap_partition's masker
+    and pool, evaluate.shap_max_evals evaluations per image."""
+    maps = attribute(model, x, pred, post_hoc_spec(params), seed=seed, first_index=first_index, device=device)
     return torch.from_numpy(maps)
+
+
+def post_hoc_spec(params: Params) -> Spec:
+    """What post_hoc_shap runs: the same SHAP for every model, whatever R made the training maps."""
+    shap = params.attribution.shap_partition  # type: ignore[attr-defined]
+    options = shap.model_copy(update={"max_evals": params.evaluate.shap_max_evals})
+    return Spec("shap_partition", options, params.attribution.batch_size)
 
 
 def _seconds(fn, device: torch.device) -> tuple[float, object]:

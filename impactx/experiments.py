@@ -39,6 +39,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from impactx.cli import run_stage
+    from impactx.stage import run_stage
 
     run_stage(main)

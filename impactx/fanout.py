@@ -4,9 +4,9 @@ Why Dask (prefect-dask) rather than Ray: the shards are independent numpy-in, nu
 what Dask's scheduler does with the least machinery. A LocalCluster needs nothing but `pip install`,
 a real cluster is one scheduler address (`dask scheduler`, then `dask worker ADDRESS --resources GPU=1`
 on each GPU machine), and GPU placement is a plain Dask resource. Only this module imports Prefect and
-Dask: the local path (shap.executor: local) needs neither.
+Dask: the local path (shards.executor: local) needs neither.
 
-A shard task is a pure function (shap_maps.shard_maps) that returns its maps; this process writes each
+A shard task is a pure function (impactx.shards.shard_maps) that returns its maps; this process writes each
 shard atomically as it arrives, so the workers need no shared filesystem, a task that is retried (or
 re-run by Dask after its worker died) changes nothing, and the merged maps are byte-identical to the
 single-process run.
@@ -23,7 +23,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from impactx import ImpactXError
-from impactx.shap_maps import shard_maps
+from impactx.shards import shard_maps
 
 # Jobs hold a model and image arrays: they reach the flow through this table, not as flow parameters
 # (which Prefect would serialise for its API), and reach the tasks as plain Dask arguments.
@@ -89,19 +89,19 @@ def local_cluster_kwargs(workers: int, gpus_per_shard: float = 0.0) -> dict:
 
 
 def tls_security(tls):
-    """Dask's Security for a client of a tls:// scheduler, from shap.dask_tls (ca_file, cert, key):
+    """Dask's Security for a client of a tls:// scheduler, from shards.dask_tls (ca_file, cert, key):
     encryption required, and the scheduler's certificate checked against the CA."""
     from distributed.security import Security
 
     for key in ("ca_file", "cert", "key"):
         if not os.path.isfile(getattr(tls, key)):
-            raise ImpactXError(f"shap.dask_tls.{key}: {getattr(tls, key)} not found: point it at the PEM file")
+            raise ImpactXError(f"shards.dask_tls.{key}: {getattr(tls, key)} not found: point it at the PEM file")
     return Security(tls_ca_file=tls.ca_file, tls_client_cert=tls.cert, tls_client_key=tls.key, require_encryption=True)
 
 
 def dask_runner(address: str | None = None, workers: int = 2, gpus_per_shard: float = 0.0, tls=None):
     """A compute_maps runner: shard jobs as Prefect tasks on the Dask cluster at `address` (tls: the
-    client certificates of a tls:// scheduler, shap.dask_tls), or on a LocalCluster of `workers`
+    client certificates of a tls:// scheduler, shards.dask_tls), or on a LocalCluster of `workers`
     single-threaded worker processes when address is None."""
     from prefect_dask import DaskTaskRunner
 

@@ -33,7 +33,7 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("IMPACTX_CACHE", Path.home() / ".cache" / "impactx"))
 
 
-def shap_partition(c: int, h: int, w: int):
+def partition_tree(c: int, h: int, w: int):
     """shap's Image-masker clustering of a C×H×W input and the leaf set of every node (CSR: rows are tree
     nodes, columns features in HWC order). Building them JIT-compiles shap's numba code: 4.4 s a process
     here, for every SHAP and baseline-evaluation stage. They depend only on shap's version and the shape,
@@ -63,7 +63,7 @@ class PartitionTree:
     """shap's Image-masker partition tree of a C×H×W input, with leaf sets as CSR over CHW feature order."""
 
     def __init__(self, c: int, h: int, w: int):
-        clustering, csr = shap_partition(c, h, w)
+        clustering, csr = partition_tree(c, h, w)
         m = h * w * c
         self.left = np.concatenate([np.full(m, -1), clustering[:, 0].astype(np.int64)])
         self.right = np.concatenate([np.full(m, -1), clustering[:, 1].astype(np.int64)])
@@ -98,7 +98,7 @@ def _blur_backgrounds(images_hwc: np.ndarray, kernel: tuple[int, int]) -> np.nda
 
 
 def _parse_masker(masker: str):
-    """("blur", (k, k)) or ("inpaint_telea" | "inpaint_ns", None); the name is checked by shap_maps.check_masker."""
+    """("blur", (k, k)) or ("inpaint_telea" | "inpaint_ns", None); the name is checked by impactx.attribution.shap_partition.check_masker."""
     if masker.startswith("blur("):
         return "blur", tuple(int(k) for k in masker[5:-1].split(","))
     return masker, None

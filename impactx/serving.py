@@ -93,7 +93,7 @@ class ExplainingModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.method, self.net, self.info = load_artifacts(context.artifacts)
         self.device = resolve_device((context.model_config or {}).get("device", "auto"))
-        torch.set_flush_denormal(True)  # weight-decayed weights: see impactx.cli.run_stage
+        torch.set_flush_denormal(True)  # weight-decayed weights: see impactx.stage.run_stage
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         try:

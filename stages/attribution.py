@@ -1,16 +1,20 @@
-"""DVC stage attribution@<seed>: the attribution maps R(A, x, y) of A (stage 1 of that seed) for the true class
-of every training image, in resumable shards: SHAP Partition by default, or the `attribution.method` of
-params.yaml (impactx.attribution). Every method of that seed trains on these maps."""
+"""DVC stage attribution@<seed>: the attribution maps R(A, x, y) of A (stage 1 of that seed) for the true
+class of every training image, in resumable shards (impactx.shards): the `attribution.method` of
+params.yaml, Partition SHAP by default. Every method of that seed trains on these maps."""
 
+import logging
 import time
 from importlib.metadata import version
 
 import mlflow
 
-from impactx import attribution, data, layout, shap_maps, tracking
-from impactx.cli import run_stage, stage_args
-from impactx.config import load_params
+from impactx import attribution, data, layout, maps, shards, tracking
+from impactx.params import load_params
+from impactx.stage import run_stage, stage_args
+from impactx.teacher import explained_model
 from impactx.train import resolve_device
+
+log = logging.getLogger("impactx.stages.attribution")
 
 
 def runner(p):
@@ -18,53 +22,53 @@ def runner(p):
         from impactx.fanout import dask_runner
 
         return dask_runner(p.dask_address, p.workers, p.gpus_per_shard, p.dask_tls)
-    return shap_maps.local_runner(p.workers)
+    return shards.local_runner(p.workers)
 
 
 def main():
     seed = stage_args(__doc__).seed
     params = load_params()
-    p, r = params.shap, attribution.settings(params)
-    if r["method"] == "shap_partition":
-        shap_maps.check_masker(p.masker)
+    spec = attribution.Spec.of(params.attribution)
     ds = data.load(layout.PREPARED)
-    model, explained = attribution.explained_model(params, ds.info, seed)
+    model, explained = explained_model(params, ds.info, seed)
     with tracking.stage_run(f"attribution@{seed}", params, seed=seed):
-        tracking.log_params_section(params, "attribution", "shap")
+        tracking.log_params_section(params, "attribution", "shards")
         t0 = time.perf_counter()
         map_seed = attribution.map_seed(params, seed)
         others = [layout.attribution_meta(k) for k in params.seeds if k != seed]  # a teacher's maps: computed once
-        maps, work = shap_maps.compute_maps(
-            model, ds.train.x, ds.train.y, **r, shard_size=p.shard_size, seed=map_seed,
-            device=resolve_device(params.device), work_root=layout.ATTRIBUTION_WORK, runner=runner(p), reuse=others,
+        raw, work = shards.compute_maps(
+            model, ds.train.x, ds.train.y, spec, shard_size=params.shards.size, seed=map_seed,
+            device=resolve_device(params.device), work_root=layout.ATTRIBUTION_WORK, runner=runner(params.shards),
+            reuse=others,
         )  # fmt: skip
         # compute_maps makes its work folder unless it reused another seed's maps: then, the first that matches
-        reused = None if work.exists() else next((str(m.parent) for m in others if shap_maps.fingerprint(m) == work.name), None)
+        reused = None if work.exists() else next((str(m.parent) for m in others if shards.fingerprint(m) == work.name), None)
         seconds = time.perf_counter() - t0
-        rate = len(maps) / seconds
+        rate = len(raw) / seconds
         meta = {
-            "method": r["method"],
+            "method": spec.method,
             "explained_model": explained,
-            "explainer": attribution.EXPLAINERS[r["method"]],
+            "explainer": spec.attribution.explainer,
             "versions": {d: version(d) for d in ("shap", "captum")},
             "random_seed": "np.random.RandomState([map_seed, image index]) (SHAP's ties, GradientSHAP's draws)",
-            **attribution.used(r),
+            **spec.describe(),
             "seed": seed,
             "map_seed": map_seed,
             "fingerprint": work.name,
             "reused_from": reused,
             "output": f"softmax probability of the true class, of {explained}",
-            "shape": list(maps.shape),
+            "shape": list(raw.shape),
             "dtype": "float32",
-            "values": "raw attributions; scaled per image by max |value| before training (impactx.shap_maps.scale_maps)",
+            "values": "raw attributions; scaled per image by max |value| before training (impactx.maps.scale_maps)",
             "seconds_this_run": round(seconds, 2),
         }
-        shap_maps.save_maps(maps, meta, seed)
-        mlflow.log_metrics({"seconds": seconds, "images": len(maps), "images_per_s": rate}
-                           | ({"evals_per_s": rate * p.max_evals} if r["method"] == "shap_partition" else {}))
-    shap_maps.discard_work(work)
+        maps.save_maps(raw, meta, seed)
+        evals = spec.attribution.evals(spec.options)
+        mlflow.log_metrics({"seconds": seconds, "images": len(raw), "images_per_s": rate, "evals_per_s": rate * evals})
+    shards.discard_work(work)
     print(
-        f"attribution: {len(maps)} maps of {explained}{f' (reused from {reused})' if reused else ''} ({attribution.EXPLAINERS[r['method']]}) in {seconds:.1f}s ({rate:,.1f} images/s) -> {layout.attribution_maps(seed)}"
+        f"attribution: {len(raw)} maps of {explained}{f' (reused from {reused})' if reused else ''}"
+        f" ({spec.attribution.explainer}) in {seconds:.1f}s ({rate:,.1f} images/s) -> {layout.attribution_maps(seed)}"
     )
 
 

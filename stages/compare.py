@@ -6,8 +6,8 @@ import json
 import mlflow
 
 from impactx import ImpactXError, attribution, compare, data, figures, layout, methods, tracking
-from impactx.cli import run_stage
-from impactx.config import load_params
+from impactx.stage import run_stage
+from impactx.params import load_params
 from impactx.io import atomic_write, save_json
 
 
@@ -21,7 +21,7 @@ def main():
     records = [json.loads(layout.result(m, s).read_text()) for m, s in runs]
     summary = compare.summarize(records, rows)
     title = f"{params.data.source}, {params.model.backbone}"
-    table = compare.markdown(summary, title, params.seeds, attribution.teacher_label(params))
+    table = compare.markdown(summary, title, params.seeds, attribution.label(params.attribution))
     save_json(layout.TABLE_JSON, summary)
     atomic_write(layout.TABLE_MD, lambda t: t.write_text(table))
     save_json(layout.MORF_PLOT, compare.morf_rows(records, rows))

@@ -3,8 +3,8 @@
 import mlflow
 
 from impactx import data, layout, tracking
-from impactx.cli import run_stage
-from impactx.config import load_params
+from impactx.stage import run_stage
+from impactx.params import load_params
 
 
 def main():

@@ -3,10 +3,11 @@ the TRUE class of the held-out MoRF images: the target every method's map is com
 (impactx.fidelity). A derived array, like the figures: no MLflow run."""
 
 from impactx import attribution, data, layout
-from impactx.cli import run_stage, stage_args
-from impactx.config import load_params
 from impactx.evaluation import morf_subset
 from impactx.io import save_npy
+from impactx.params import load_params
+from impactx.stage import run_stage, stage_args
+from impactx.teacher import explained_model
 from impactx.train import resolve_device
 
 
@@ -14,12 +15,13 @@ def main():
     seed = stage_args(__doc__).seed
     params = load_params()
     ds = data.load(layout.PREPARED)
-    model, explained = attribution.explained_model(params, ds.info, seed)
+    model, explained = explained_model(params, ds.info, seed)
     idx, x = morf_subset(ds, params)
-    r = attribution.settings(params)
-    maps = attribution.attribute(model, x, ds.test.y[idx], **r, seed=attribution.map_seed(params, seed), device=resolve_device(params.device))
+    spec = attribution.Spec.of(params.attribution)
+    maps = attribution.attribute(model, x, ds.test.y[idx], spec, seed=attribution.map_seed(params, seed),
+                                 device=resolve_device(params.device))  # fmt: skip
     save_npy(layout.teacher_maps(seed), maps)
-    print(f"teacher: {r['method']} of {explained} for the true class of {len(idx)} held-out images -> {layout.teacher_maps(seed)}")
+    print(f"teacher: {spec.method} of {explained} for the true class of {len(idx)} held-out images -> {layout.teacher_maps(seed)}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""DVC stages finetune@<seed> and train@<method>-<seed>: train one method of the registry for one seed.
+"""DVC stages baseline@<seed> and train@<method>-<seed>: train one method of the registry for one seed.
 The baseline is stage 1; every other method is built on stage 1 of its seed (A and its SHAP maps)."""
 
 import mlflow
 
 from impactx import data, layout, methods, tracking
-from impactx.cli import dvc_stage, run_stage, stage_args
-from impactx.config import load_params
+from impactx.stage import dvc_stage, run_stage, stage_args
+from impactx.params import load_params
 from impactx.train import resolve_device, seed_everything, train_model
 
 

@@ -3,7 +3,7 @@ t-interval of the mean: the baseline's accuracy for seeds whose other stages (SH
 
     python studies/checkpoint_accuracy.py --seeds 0 1 2 3 4 [--method baseline]
 
-Run from the project root after `dvc repro finetune@<seed>` for each seed; reads data/prepared and
+Run from the project root after `dvc repro baseline@<seed>` for each seed; reads data/prepared and
 models/<method>/seed<seed>.pt, writes nothing."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path.cwd()))  # the project's impactx, like the stages
 
 from impactx import data, layout, methods  # noqa: E402
-from impactx.config import load_params  # noqa: E402
+from impactx.params import load_params  # noqa: E402
 from impactx.train import accuracy, resolve_device  # noqa: E402
 
 

@@ -36,13 +36,15 @@ import torch
 sys.path.insert(0, str(Path.cwd()))  # the project's impactx, like the stages
 
 from impactx import data, layout, methods  # noqa: E402
-from impactx.config import load_params  # noqa: E402
+from impactx.params import load_params  # noqa: E402
 from impactx.data import Split, to_float  # noqa: E402
 from impactx.evaluation import explain_batched, morf_subset  # noqa: E402
 from impactx.fidelity import agreement  # noqa: E402
 from impactx.io import save_json  # noqa: E402
 from impactx.methods.impactx import ImpactxParams, build_impactx  # noqa: E402
-from impactx.shap_maps import class_mean_maps, compute_maps, partition_shap, scale_maps  # noqa: E402
+from impactx.attribution import Spec, attribute  # noqa: E402
+from impactx.maps import class_mean_maps, scale_maps  # noqa: E402
+from impactx.shards import compute_maps  # noqa: E402
 from impactx.train import predict_logits, resolve_device, seed_everything, train_model  # noqa: E402
 
 RAW = {"decoder_input": "raw"}  # D(z) as the paper draws it; the default is D(LayerNorm(z))
@@ -69,7 +71,7 @@ def main():
     ap.add_argument("--capacity", action="store_true", help="the decoder-alone diagnostics instead (see capacity)")
     args = ap.parse_args()
 
-    torch.set_flush_denormal(True)  # as the stages do (impactx.cli.run_stage)
+    torch.set_flush_denormal(True)  # as the stages do (impactx.stage.run_stage)
     params = load_params()
     device = resolve_device(params.device)
     ds = data.load(layout.PREPARED)
@@ -81,13 +83,16 @@ def main():
 
     maps: dict[int, np.ndarray] = {}
 
+    def shap_at(evals: int) -> Spec:  # attribution.shap_partition of params.yaml at `evals` evaluations
+        options = params.attribution.shap_partition.model_copy(update={"max_evals": evals})
+        return Spec("shap_partition", options, params.attribution.batch_size)
+
     def targets(evals: int) -> np.ndarray:  # SHAP of the subset at `evals`, computed on first use (resumable)
         if evals not in maps:
             t0 = time.time()
             raw, _ = compute_maps(
-                a, train.x, train.y, max_evals=evals, batch_size=params.shap.batch_size, masker=params.shap.masker,
-                shard_size=params.shap.shard_size, seed=args.seed, device=device, work_root=Path(".study_work"),
-                pool=params.shap.pool_size,
+                a, train.x, train.y, shap_at(evals), shard_size=params.shards.size, seed=args.seed, device=device,
+                work_root=Path(".study_work"),
             )  # fmt: skip
             maps[evals] = scale_maps(raw)
             print(
@@ -102,8 +107,8 @@ def main():
     if teacher_path.exists():
         teacher = np.load(teacher_path)
     else:
-        teacher = partition_shap(a, x_test, y_test, max_evals=params.shap.max_evals, batch_size=params.shap.batch_size,
-                                 masker=params.shap.masker, seed=args.seed, pool=params.shap.pool_size, device=device)  # fmt: skip
+        shap = params.attribution.shap_partition
+        teacher = attribute(a, x_test, y_test, shap_at(shap.max_evals), seed=args.seed, device=device)
     probe = np.sort(rng.permutation(len(sub))[: len(idx)])  # training images, to see what was fitted
     x_probe = to_float(train.x[probe])
 

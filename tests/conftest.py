@@ -35,8 +35,9 @@ TRACKED = [
 TINY = {
     "seeds": [0, 1],
     "data": {"train_limit": 96, "test_limit": 48},
-    "finetune": {"epochs": 2, "batch_size": 32},
-    "shap": {"max_evals": 64, "batch_size": 64, "shard_size": 32},
+    "baseline": {"epochs": 2, "batch_size": 32},
+    "attribution": {"batch_size": 64, "shap_partition": {"max_evals": 64}},
+    "shards": {"size": 32},
     "impactx": {"epochs": 2, "batch_size": 32, "latent_dim": 64},
     "abn": {"epochs": 2, "batch_size": 32},
     "wae": {"epochs": 2, "batch_size": 32},
@@ -49,6 +50,14 @@ def tiny_info(classes: int = 4, size: int = 32, channels: int = 3) -> DatasetInf
     """A dataset description for models built without data."""
     return DatasetInfo("toy", [str(i) for i in range(classes)], (channels, size, size), [0.5] * channels,
                        [0.25] * channels, {"train": 0, "val": 0, "test": 0})  # fmt: skip
+
+
+def shap_spec(max_evals: int = 100, masker: str = "blur(4,4)", batch_size: int = 50, pool_size: int = 16):
+    """Partition SHAP's Spec, as params.yaml's attribution section would make it."""
+    from impactx.attribution import Spec
+    from impactx.attribution.shap_partition import ShapPartitionSettings
+
+    return Spec("shap_partition", ShapPartitionSettings(max_evals=max_evals, masker=masker, pool_size=pool_size), batch_size)
 
 
 def tiny_model(seed: int = 0, size: int = 16, classes: int = 4) -> Classifier:

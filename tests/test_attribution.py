@@ -8,11 +8,12 @@ import torch
 from conftest import tiny_info
 from torch import nn
 
-from impactx import ImpactXError, methods, tracking
-from impactx.attribution import METHODS, attribute, explained_model
-from impactx.config import parse_params
+from impactx import ImpactXError, attribution, methods, tracking
+from impactx.attribution import Spec, attribute
 from impactx.methods import Stage1
-from impactx.shap_maps import compute_maps
+from impactx.params import parse_params
+from impactx.shards import compute_maps
+from impactx.teacher import explained_model
 
 PATCH = (slice(None), slice(None), slice(4, 8), slice(4, 8))  # the only pixels the model reads
 
@@ -30,17 +31,21 @@ class PatchModel(nn.Module):
         return torch.stack([v - 1.5, 1.5 - v], 1)
 
 
-KW = dict(max_evals=500, batch_size=64, steps=16, samples=8)
+COST = {"shap_partition": 500, "integrated_gradients": 16, "gradient_shap": 8}
 
 
-@pytest.mark.parametrize("method", METHODS)
+def spec(method: str, cost: int | None = None) -> Spec:
+    return Spec.default(method, cost or COST.get(method), batch_size=64)
+
+
+@pytest.mark.parametrize("method", attribution.names())
 def test_every_method_finds_the_pixels_the_model_uses(method):
     model, x = PatchModel(), torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    a = attribute(model, x, np.zeros(5, int), method=method, **KW)
+    a = attribute(model, x, np.zeros(5, int), spec(method))
     assert a.shape == x.shape and a.dtype == np.float32
     inside = np.abs(a[PATCH]).sum((1, 2, 3))
     assert (inside / np.abs(a).sum((1, 2, 3)) > 0.999).all() and (inside > 0).all()
-    other = attribute(model, x, np.ones(5, int), method=method, **KW)  # p1 = 1 − p0: the opposite map
+    other = attribute(model, x, np.ones(5, int), spec(method))  # p1 = 1 − p0: the opposite map
     np.testing.assert_allclose(other, -a, atol=1e-5)
     if method in ("integrated_gradients", "deeplift"):  # from a black image: brighter patch, more class 0
         assert (a[PATCH].sum((1, 2, 3)) > 0).all()
@@ -48,7 +53,7 @@ def test_every_method_finds_the_pixels_the_model_uses(method):
 
 def test_integrated_gradients_adds_up_to_the_probability_change():
     model, x = PatchModel(), torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    a = attribute(model, x, np.zeros(3, int), method="integrated_gradients", steps=32)
+    a = attribute(model, x, np.zeros(3, int), spec("integrated_gradients", 32))
     with torch.no_grad():
         p = torch.softmax(model(x), 1)[:, 0] - torch.softmax(model(torch.zeros_like(x)), 1)[:, 0]
     np.testing.assert_allclose(a.sum((1, 2, 3)), p.numpy(), atol=1e-4)  # completeness
@@ -59,27 +64,55 @@ def test_a_shard_gets_the_maps_it_would_get_in_one_call(method):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
     x, y = torch.rand(6, 3, 16, 16), np.array([0, 1, 2, 0, 1, 2])
-    whole = attribute(model, x, y, method=method, seed=3, **KW)
-    part = attribute(model, x[2:], y[2:], method=method, seed=3, first_index=2, **KW)
+    whole = attribute(model, x, y, spec(method), seed=3)
+    part = attribute(model, x[2:], y[2:], spec(method), seed=3, first_index=2)
     np.testing.assert_allclose(part, whole[2:], atol=1e-6)
     if method == "gradient_shap":
-        assert not np.allclose(attribute(model, x, y, method=method, seed=4, **KW), whole)  # the seed matters
+        assert not np.allclose(attribute(model, x, y, spec(method), seed=4), whole)  # the seed matters
 
 
 def test_the_sharded_stage_path_runs_every_method(tmp_path):
     model = PatchModel()
     x = np.random.default_rng(0).integers(0, 256, (7, 3, 16, 16), dtype=np.uint8)
     y = np.zeros(7, int)
-    maps, work = compute_maps(model, x, y, max_evals=100, batch_size=64, masker="blur(4,4)", shard_size=3, seed=0,
-                              device=torch.device("cpu"), work_root=tmp_path, method="deeplift")  # fmt: skip
-    direct = attribute(model, torch.from_numpy(x).float() / 255, y, method="deeplift", batch_size=64)
+    maps, work = compute_maps(model, x, y, spec("deeplift"), shard_size=3, seed=0, device=torch.device("cpu"),
+                              work_root=tmp_path)  # fmt: skip
+    direct = attribute(model, torch.from_numpy(x).float() / 255, y, spec("deeplift"))
     np.testing.assert_allclose(maps, direct, atol=1e-6)
     assert len(list(work.glob("shard_*.npy"))) == 3
 
 
 def test_an_unknown_method_is_one_line():
-    with pytest.raises(ImpactXError, match="attribution.method 'lime' is unknown: use one of shap_partition"):
-        attribute(PatchModel(), torch.rand(1, 3, 16, 16), [0], method="lime")
+    with pytest.raises(ImpactXError, match="attribution.method 'lime' is unknown: use one of deeplift"):
+        attribute(PatchModel(), torch.rand(1, 3, 16, 16), [0], Spec.default("lime"))
+    with pytest.raises(ImpactXError, match=r"attribution.method: Value error, 'lime' is not an attribution method"):
+        parse_params({"attribution": {"method": "lime"}})
+    with pytest.raises(ImpactXError, match=r"unknown key 'attribution.shap_partition.steps'"):
+        parse_params({"attribution": {"shap_partition": {"steps": 3}}})
+
+
+def test_a_registered_method_gets_its_section_its_cost_and_one_call_shape():
+    """What adding an R is: one decorated function with its settings; params.yaml gets attribution.<name>."""
+    from impactx.config import Section
+
+    class Settings(Section):
+        scale: float = 1.0
+
+    @attribution.register("toy_constant", label="Constant", explainer="a test's constant maps", settings=Settings,
+                          cost="scale")  # fmt: skip
+    def toy_constant(model, images, targets, options, run):
+        return np.full(tuple(images.shape), options.scale * (run.first_index + 1), np.float32)
+
+    try:
+        params = parse_params({"attribution": {"method": "toy_constant", "toy_constant": {"scale": "2e0"}}})
+        s = Spec.of(params.attribution)
+        assert s.describe() == {"method": "toy_constant", "scale": 2.0, "batch_size": 500}
+        assert s.attribution.evals(s.options) == 2 and attribution.label(params.attribution) == "Constant of A"
+        assert (attribute(PatchModel(), torch.rand(2, 3, 16, 16), [0, 1], s, first_index=1) == 4.0).all()
+        with pytest.raises(TypeError, match="cost 'steps' is not a field of NoSettings"):
+            attribution.register("bad", label="x", explainer="x", cost="steps")(toy_constant)
+    finally:
+        attribution.REGISTRY.pop("toy_constant")
 
 
 def test_a_registered_teacher_is_explained_instead_of_a(tmp_path, monkeypatch):
@@ -88,7 +121,7 @@ def test_a_registered_teacher_is_explained_instead_of_a(tmp_path, monkeypatch):
     teacher_params = parse_params({"model": {"backbone": "mobilenet_v2"}, "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/m.db"}})
     torch.manual_seed(0)
     teacher = methods.build("baseline", Stage1(info, teacher_params.model), teacher_params).eval()
-    methods.save(tmp_path / "t.pt", "baseline", teacher_params.finetune, teacher)
+    methods.save(tmp_path / "t.pt", "baseline", teacher_params.baseline, teacher)
     tracking.setup(teacher_params)
     with tracking.stage_run("evaluate", teacher_params):
         tracking.log_model(tmp_path / "t.pt", info, teacher_params.model, np.random.rand(1, 3, 32, 32), "toy-mobilenet_v2-baseline")

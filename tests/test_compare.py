@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from impactx import compare
-from impactx.attribution import teacher_label
-from impactx.config import parse_params
+from impactx.attribution import label
+from impactx.params import parse_params
 
 
 def record(method, seed, acc, aopc=0.3):
@@ -108,8 +108,8 @@ def test_same_model_faithfulness_and_the_predicted_class_floor_are_paired_per_se
     assert "- IMPACTX, SRG of its own map − post-hoc SHAP of the same model: -0.200 ± 0.000 (3 seeds): less faithful than SHAP" in md
     assert "- IMPACTX, Pearson with SHAP of A (true class) − the class-mean map of the true class: -0.090 ± 0.025 (3 seeds): below this floor" in md
     assert "- IMPACTX, Pearson with SHAP of A (true class) − the class-mean map of the predicted class: +0.110 ± 0.025 (3 seeds): beats this floor" in md
-    ig = compare.markdown(s, "toy", [0, 1, 2], teacher_label(parse_params({"attribution": {"method": "integrated_gradients"}})))
+    ig = compare.markdown(s, "toy", [0, 1, 2], label(parse_params({"attribution": {"method": "integrated_gradients"}}).attribution))
     assert "Agreement with Integrated Gradients of A for the true class" in ig and "Pearson with SHAP" not in ig
     assert "- IMPACTX, Pearson with Integrated Gradients of A (true class) − the class-mean map of the true class" in ig
     uri = "models:/cifar10-mobilenet_v2-baseline/1"
-    assert teacher_label(parse_params({"attribution": {"teacher": uri}})) == f"SHAP of {uri}"
+    assert label(parse_params({"attribution": {"teacher": uri}}).attribution) == f"SHAP of {uri}"

@@ -4,7 +4,7 @@ import pytest
 
 from impactx import ImpactXError
 from impactx.backbones import build_backbone
-from impactx.config import load_params
+from impactx.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,9 +25,9 @@ def test_repo_params_are_valid():
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("finetune:\n  epoch: 3\n", "unknown key 'finetune.epoch'"),
-        ("finetune:\n  epochs: three\n", r"finetune.epochs: .*integer.*'three'"),
-        ("finetune:\n  lr: 1e-3x\n", r"finetune.lr: .*valid number.*1e-3x"),
+        ("baseline:\n  epoch: 3\n", "unknown key 'baseline.epoch'"),
+        ("baseline:\n  epochs: three\n", r"baseline.epochs: .*integer.*'three'"),
+        ("baseline:\n  lr: 1e-3x\n", r"baseline.lr: .*valid number.*1e-3x"),
         ("impactx:\n  lambda: -1\n", r"impactx.lambda: .*greater than or equal to 0"),
         ("data:\n  source: mnist\n", r"data.source: .*'digits'"),
         ("seed: [1\n", "not valid YAML"),
@@ -67,7 +67,7 @@ def test_unknown_backbone():
 
 def test_a_float_written_with_an_exponent_is_that_number(tmp_path):
     """YAML 1.1 reads 1e-3 as the string '1e-3'; a float key takes it as 0.001, an int key does not."""
-    params = load_params(write(tmp_path, "finetune:\n  lr: 1e-3\n  weight_decay: 5e-4\nimpactx:\n  lambda: 2e0\n"))
-    assert params.finetune.lr == 0.001 and params.finetune.weight_decay == 0.0005 and params.impactx.lambda_ == 2.0
-    with pytest.raises(ImpactXError, match="finetune.epochs"):
-        load_params(write(tmp_path, "finetune:\n  epochs: 1e1\n"))
+    params = load_params(write(tmp_path, "baseline:\n  lr: 1e-3\n  weight_decay: 5e-4\nimpactx:\n  lambda: 2e0\n"))
+    assert params.baseline.lr == 0.001 and params.baseline.weight_decay == 0.0005 and params.impactx.lambda_ == 2.0
+    with pytest.raises(ImpactXError, match="baseline.epochs"):
+        load_params(write(tmp_path, "baseline:\n  epochs: 1e1\n"))

@@ -7,7 +7,7 @@ import torch
 from conftest import CPU, tiny_info, tiny_model
 
 from impactx import methods
-from impactx.config import parse_params
+from impactx.params import parse_params
 from impactx.data import Dataset, Split
 from impactx.evaluation import evaluate_run, post_hoc_shap, timed_post_hoc_shap
 from impactx.methods import Stage1
@@ -28,7 +28,7 @@ def test_every_model_is_judged_with_its_own_map_shap_of_itself_and_random_maps(t
     ds = tiny_dataset()
     torch.manual_seed(0)
     path = tmp_path / "baseline.pt"
-    methods.save(path, "baseline", params.finetune, methods.build("baseline", Stage1(INFO, params.model), params))
+    methods.save(path, "baseline", params.baseline, methods.build("baseline", Stage1(INFO, params.model), params))
     class_maps = np.random.default_rng(1).standard_normal((4, 3, 16, 16))
     teacher = np.random.default_rng(2).standard_normal((6, 3, 16, 16))
     records = {}

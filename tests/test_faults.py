@@ -15,7 +15,7 @@ from conftest import md5, run, tiny_project
 
 # slow enough to be killed mid-way: six SHAP shards of 16 images at 1000 evaluations, 40 epochs of IMPACTX
 SLOW = {"seeds": [0], "methods": ["impactx"], "controls": [],
-        "shap": {"max_evals": 1000, "shard_size": 16}, "impactx": {"epochs": 40, "batch_size": 32, "latent_dim": 64}}  # fmt: skip
+        "attribution": {"shap_partition": {"max_evals": 1000}}, "shards": {"size": 16}, "impactx": {"epochs": 40, "batch_size": 32, "latent_dim": 64}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

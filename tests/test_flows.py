@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import CPU, REPO, run, tiny_model, tiny_project
+from conftest import CPU, REPO, run, shap_spec, tiny_model, tiny_project
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 
 from impactx.fanout import dask_runner, local_cluster_kwargs
-from impactx.shap_maps import compute_maps
+from impactx.shards import compute_maps
 
 
 def load(entrypoint: str):
@@ -54,13 +54,13 @@ def test_overrides_are_written_as_dvc_exp_run_would(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     flows.apply_overrides(
         tmp_path,
-        {"impactx.lambda": 0.4, "shap.masker": "blur(4,4)", "data.path": None, "mlflow.register_models": False},
+        {"impactx.lambda": 0.4, "attribution.shap_partition.masker": "blur(4,4)", "data.path": None, "mlflow.register_models": False},
     )
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    assert params["impactx"]["lambda"] == 0.4 and params["shap"]["masker"] == "blur(4,4)"
+    assert params["impactx"]["lambda"] == 0.4 and params["attribution"]["shap_partition"]["masker"] == "blur(4,4)"
     assert params["data"]["path"] is None and params["mlflow"]["register_models"] is False
     assert (
-        "# the baseline's post-hoc SHAP maps" in (tmp_path / "params.yaml").read_text()
+        "# post-hoc SHAP of every model" in (tmp_path / "params.yaml").read_text()
     )  # comments survive, as with dvc exp run
 
 
@@ -80,7 +80,7 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id])
     tagged = [r for r in runs if r.data.tags.get("prefect_flow_run_id") == str(state.state_details.flow_run_id)]
-    stages = ["check_params", "fetch_data", "finetune@0", "attribution@0", "teacher@0", "train@impactx-0", "evaluate@impactx",
+    stages = ["check_params", "fetch_data", "baseline@0", "attribution@0", "teacher@0", "train@impactx-0", "evaluate@impactx",
               "evaluate_baseline@baseline", "compare"]  # fmt: skip
     assert list(state.result()) == stages  # dvc.yaml's order, foreach/matrix expanded
     assert {r.data.tags["dvc_stage"] for r in tagged} == set(stages) - {"teacher@0", "check_params"}  # no MLflow run
@@ -88,10 +88,10 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
     again = pipeline(overrides={"impactx.lambda": 0.4}, root=str(root), experiment="tiny-again")
     assert set(again.values()) == {"skipped"}  # DVC's cache decides: nothing runs
 
-    bad = pipeline(overrides={"finetune.epochs": "ten"}, root=str(root), return_state=True)
+    bad = pipeline(overrides={"baseline.epochs": "ten"}, root=str(root), return_state=True)
     assert bad.is_failed() and (root / "params.yaml").read_bytes() == committed
     error = bad.result(raise_on_failure=False)
-    assert "error: params.yaml: finetune.epochs: Input should be a valid integer" in str(error)
+    assert "error: params.yaml: baseline.epochs: Input should be a valid integer" in str(error)
     assert type(error).__name__ == "BadInput"  # not retried: the same input fails the same way
 
 
@@ -114,7 +114,7 @@ def test_dask_fanout_equals_single_process_even_when_a_worker_dies(tmp_path, pre
     model = tiny_model()
     x = np.random.default_rng(0).integers(0, 256, (6, 3, 16, 16), dtype=np.uint8)
     y = np.array([0, 1, 2, 3, 0, 1])
-    kw = dict(max_evals=100, batch_size=50, masker="blur(4,4)", shard_size=2, seed=0, device=CPU)
+    kw = dict(spec=shap_spec(), shard_size=2, seed=0, device=CPU)
     single, _ = compute_maps(model, x, y, work_root=tmp_path / "single", **kw)
 
     fanned, _ = compute_maps(model, x, y, work_root=tmp_path / "dask", runner=dask_runner(workers=2), **kw)
@@ -134,7 +134,8 @@ def test_dask_fanout_reaches_a_tls_scheduler_with_the_client_certificates(tmp_pa
     from distributed.security import Security
 
     from impactx import ImpactXError
-    from impactx.config import DaskTLS, parse_params
+    from impactx.config import DaskTLS
+    from impactx.params import parse_params
 
     sec = Security.temporary()  # a self-signed CA and one certificate, as PEM text: written out as files
     files = {}
@@ -144,7 +145,7 @@ def test_dask_fanout_reaches_a_tls_scheduler_with_the_client_certificates(tmp_pa
     model = tiny_model()
     x = np.random.default_rng(1).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)
     y = np.array([0, 1, 2, 3])
-    kw = dict(max_evals=100, batch_size=50, masker="blur(4,4)", shard_size=2, seed=0, device=CPU)
+    kw = dict(spec=shap_spec(), shard_size=2, seed=0, device=CPU)
     single, _ = compute_maps(model, x, y, work_root=tmp_path / "single", **kw)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls", host="127.0.0.1",
                       security=sec, dashboard_address=None) as cluster:  # fmt: skip
@@ -154,12 +155,12 @@ def test_dask_fanout_reaches_a_tls_scheduler_with_the_client_certificates(tmp_pa
         fanned, _ = compute_maps(model, x, y, work_root=tmp_path / "tls", runner=runner, **kw)
     assert fanned.tobytes() == single.tobytes()
 
-    shap = {"executor": "dask", "dask_address": address}  # params.yaml: a tls:// address needs the files
-    with pytest.raises(ImpactXError, match=r"^params.yaml: shap: dask_address is tls://: set shap.dask_tls"):
-        parse_params({"shap": shap})
+    section = {"executor": "dask", "dask_address": address}  # params.yaml: a tls:// address needs the files
+    with pytest.raises(ImpactXError, match=r"^params.yaml: shards: dask_address is tls://: set shards.dask_tls"):
+        parse_params({"shards": section})
     with pytest.raises(ImpactXError, match="give the scheduler's tls:// address"):
-        parse_params({"shap": {"dask_address": "tcp://10.0.0.2:8786", "dask_tls": files}})
-    with pytest.raises(ImpactXError, match=r"^shap.dask_tls.cert: .*nope.pem not found"):
+        parse_params({"shards": {"dask_address": "tcp://10.0.0.2:8786", "dask_tls": files}})
+    with pytest.raises(ImpactXError, match=r"^shards.dask_tls.cert: .*nope.pem not found"):
         dask_runner(address, tls=DaskTLS(**{**files, "cert": str(tmp_path / "nope.pem")}))
 
 

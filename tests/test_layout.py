@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO
 
 from impactx import layout, methods
-from impactx.config import load_params
+from impactx.params import load_params
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_every_declared_output_is_a_layout_path(stages):
     params = load_params(REPO / "params.yaml")
     expected = {"check_params": [], "fetch_data": [layout.PREPARED]}
     for s in params.seeds:
-        expected[f"finetune@{s}"] = [layout.model("baseline", s)]
+        expected[f"baseline@{s}"] = [layout.model("baseline", s)]
         expected[f"attribution@{s}"] = [layout.attribution_maps(s), layout.attribution_meta(s)]
         expected[f"teacher@{s}"] = [layout.teacher_maps(s)]
         for kind, names in (("", params.methods), ("_control", params.controls)):

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from conftest import tiny_info
 
 from impactx import ImpactXError, methods
-from impactx.config import parse_params
+from impactx.params import parse_params
 from impactx.data import Split
 from impactx.methods import Stage1
-from impactx.shap_maps import class_mean_maps
+from impactx.maps import class_mean_maps
 from impactx.train import train_model
 
 INFO = tiny_info()
@@ -22,7 +22,7 @@ def setup(tmp_path):
     torch.manual_seed(0)
     params = parse_params({"impactx": {"latent_dim": 32}})
     path = tmp_path / "baseline.pt"
-    methods.save(path, "baseline", params.finetune, methods.build("baseline", Stage1(INFO, params.model), params))
+    methods.save(path, "baseline", params.baseline, methods.build("baseline", Stage1(INFO, params.model), params))
     rng = np.random.default_rng(0)
     maps, labels = rng.standard_normal((12, 3, 32, 32)).astype(np.float32), rng.integers(0, 4, 12)
     batch = torch.rand(6, 3, 32, 32), torch.randint(0, 4, (6,)), torch.rand(6, 3, 32, 32)
@@ -45,7 +45,7 @@ def test_registry_holds_every_row():
     assert methods.names(controls=True) == ["impactx_lambda0"]
     control = methods.get("impactx_lambda0")
     assert (control.section, control.control_of, control.fixed) == ("impactx", "impactx", {"lambda_": 0.0})
-    assert methods.get("baseline").post_hoc and methods.get("baseline").section == "finetune"
+    assert methods.get("baseline").post_hoc and methods.get("baseline").section == "baseline"
     params = parse_params({"methods": ["wae", "impactx"], "controls": ["impactx_lambda0"]})
     assert methods.rows(params) == ["baseline", "wae", "impactx", "impactx_lambda0"]
     with pytest.raises(ImpactXError, match="unknown method 'gradcam'"):
@@ -120,7 +120,7 @@ def test_every_method_on_the_other_backbones(tmp_path, backbone):
     torch.manual_seed(0)
     params = parse_params({"model": {"backbone": backbone}, "impactx": {"latent_dim": 16}})
     path = tmp_path / "baseline.pt"
-    methods.save(path, "baseline", params.finetune, methods.build("baseline", Stage1(INFO, params.model), params))
+    methods.save(path, "baseline", params.baseline, methods.build("baseline", Stage1(INFO, params.model), params))
     maps, labels = np.zeros((4, 3, 32, 32), np.float32), np.arange(4)
     batch = torch.rand(4, 3, 32, 32), torch.arange(4), torch.rand(4, 3, 32, 32)
     for name in methods.names(controls=False):

@@ -17,7 +17,7 @@ SEEDS = [0, 1]
 
 def train_stage(method: str, seed: int) -> str:
     if method == "baseline":
-        return f"finetune@{seed}"
+        return f"baseline@{seed}"
     return f"train_control@{method}-{seed}" if method == "impactx_lambda0" else f"train@{method}-{seed}"
 
 
@@ -105,7 +105,7 @@ def test_stage2_shares_stage1_and_shap_of_its_seed(project):
     stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     for seed in SEEDS:
         shap_md5 = next(o["md5"] for o in stages[f"attribution@{seed}"]["outs"] if o["path"].endswith("maps.npy"))
-        base_md5 = stages[f"finetune@{seed}"]["outs"][0]["md5"]
+        base_md5 = stages[f"baseline@{seed}"]["outs"][0]["md5"]
         for m in ["impactx", "impactx_lambda0", "abn", "wae"]:
             deps = {d["path"]: d["md5"] for d in stages[train_stage(m, seed)]["deps"]}
             assert deps[f"attribution/seed{seed}/maps.npy"] == shap_md5 and deps[f"models/baseline/seed{seed}.pt"] == base_md5
@@ -137,7 +137,7 @@ def test_mlflow_runs_are_tagged_and_registered(project):
             assert (r.data.tags["method"], r.data.tags["dataset"], r.data.tags["backbone"]) == (m, "digits", "lenet5")
             assert {"test_accuracy", "val_accuracy", "aopc", "aopc_random"} <= set(r.data.metrics)
     assert by_stage[train_stage("impactx_lambda0", 0)].data.params["effective.lambda"] == "0.0"
-    assert len(client.get_metric_history(by_stage["finetune@0"].info.run_id, "val_accuracy")) == 2  # per epoch
+    assert len(client.get_metric_history(by_stage["baseline@0"].info.run_id, "val_accuracy")) == 2  # per epoch
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     for m in ROWS:
         name = f"digits-lenet5-{m}"
@@ -174,7 +174,7 @@ def changed_stages(root) -> set[str]:
         ({"impactx": {"epochs": 3}}, {"train@impactx-0", "train@impactx-1", *CONTROL, CHECK}),  # the control shares it
         ({"abn": {"lr": 0.01}}, {"train@abn-0", "train@abn-1", CHECK}),
         ({"wae": {"batch_size": 16}}, {"train@wae-0", "train@wae-1", CHECK}),
-        ({"finetune": {"epochs": 3}}, {"finetune@0", "finetune@1", CHECK}),
+        ({"baseline": {"epochs": 3}}, {"baseline@0", "baseline@1", CHECK}),
         ({"attribution": {"method": "integrated_gradients"}}, {"attribution@0", "attribution@1", "teacher@0", "teacher@1", "compare", CHECK}),
     ],
 )
@@ -265,10 +265,10 @@ def test_bad_params_fail_in_one_line_and_leave_stage_undone(project):
     good = (root / "params.yaml").read_text()
     try:
         (root / "params.yaml").write_text(good.replace("epochs: 2", "epochs: two", 1))
-        bad = run(["dvc", "repro", "finetune@0"], root, check=False)
+        bad = run(["dvc", "repro", "baseline@0"], root, check=False)
         assert bad.returncode != 0
-        assert "error: params.yaml: finetune.epochs: Input should be a valid integer" in bad.stderr
-        assert "changed" in run(["dvc", "status", "finetune@0"], root).stdout
+        assert "error: params.yaml: baseline.epochs: Input should be a valid integer" in bad.stderr
+        assert "changed" in run(["dvc", "status", "baseline@0"], root).stdout
     finally:
         (root / "params.yaml").write_text(good)
 

@@ -22,7 +22,7 @@ from conftest import tiny_info
 from PIL import Image
 
 from impactx import ImpactXError, methods, serving, tracking
-from impactx.config import parse_params
+from impactx.params import parse_params
 from impactx.methods import Stage1
 
 INFO = tiny_info()
@@ -34,7 +34,7 @@ def checkpoints(tmp_path):
     torch.manual_seed(0)
     params = parse_params({"impactx": {"latent_dim": 32}})
     base = tmp_path / "baseline.pt"
-    methods.save(base, "baseline", params.finetune, methods.build("baseline", Stage1(INFO, params.model), params))
+    methods.save(base, "baseline", params.baseline, methods.build("baseline", Stage1(INFO, params.model), params))
     imp = tmp_path / "impactx.pt"
     model = methods.build("impactx", Stage1(INFO, params.model, base), params)
     methods.save(imp, "impactx", methods.get("impactx").settings(params), model)
@@ -234,7 +234,7 @@ def test_impactx_explain_writes_class_and_map_for_a_folder_of_pngs(registered, t
 
 
 def test_impactx_explain_bad_input_is_one_line_and_exit_2(registered, tmp_path, capsys, monkeypatch):
-    from impactx import console
+    from impactx import cli
 
     params, _, root = registered
     monkeypatch.setenv("MLFLOW_TRACKING_URI", params.mlflow.tracking_uri)
@@ -246,7 +246,7 @@ def test_impactx_explain_bad_input_is_one_line_and_exit_2(registered, tmp_path, 
         ([str(tmp_path / "missing"), "--model", "models:/toy-lenet5-impactx/1"], "missing does not exist"),
     ]  # fmt: skip
     for argv, message in cases:
-        assert console.main(["explain", *argv, "--out", str(tmp_path / "out")]) == 2
+        assert cli.main(["explain", *argv, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
     assert not (tmp_path / "out").exists()  # nothing written for bad input

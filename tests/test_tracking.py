@@ -9,7 +9,7 @@ from conftest import tiny_info
 from mlflow.tracking import MlflowClient
 
 from impactx import methods, tracking
-from impactx.config import parse_params
+from impactx.params import parse_params
 from impactx.methods import Stage1
 
 INFO = tiny_info(classes=2, size=16)
@@ -25,7 +25,7 @@ def local_mlflow(tmp_path, monkeypatch):
 
 def register(params, score: float, checkpoint=None):
     weights = Path(params.mlflow.tracking_uri.removeprefix("sqlite:///")).with_name(f"baseline-{score}.pt")
-    methods.save(weights, "baseline", params.finetune, methods.build("baseline", Stage1(INFO, params.model), params))
+    methods.save(weights, "baseline", params.baseline, methods.build("baseline", Stage1(INFO, params.model), params))
     with tracking.stage_run("evaluate", params, run_name="baseline"):
         if checkpoint is not None:
             mlflow.log_artifact(str(checkpoint), artifact_path=tracking.CHECKPOINT_DIR)
@@ -90,16 +90,16 @@ def test_a_malicious_champion_is_never_unpickled_and_is_replaced(local_mlflow, t
 
 
 def test_stage_runs_share_one_parent_per_configuration(local_mlflow):
-    with tracking.stage_run("finetune", local_mlflow) as a:
+    with tracking.stage_run("baseline", local_mlflow) as a:
         pass
     with tracking.stage_run("attribution", local_mlflow) as b:
         pass
     other = local_mlflow.model_copy(update={"seed": 1})
-    with tracking.stage_run("finetune", other) as c:
+    with tracking.stage_run("baseline", other) as c:
         pass
     parent = lambda r: mlflow.get_run(r.info.run_id).data.tags["mlflow.parentRunId"]
     assert parent(a) == parent(b) != parent(c)
-    assert mlflow.get_run(a.info.run_id).data.tags["dvc_stage"] == "finetune"
+    assert mlflow.get_run(a.info.run_id).data.tags["dvc_stage"] == "baseline"
 
 
 def test_a_queued_experiments_workspace_logs_into_the_projects_store(tmp_path):
@@ -142,7 +142,7 @@ def test_a_moved_project_reads_and_writes_its_own_artifacts_not_the_old_paths(tm
 STAGE_THAT_HANGS = """
 import sys, time
 from impactx import tracking
-from impactx.config import parse_params
+from impactx.params import parse_params
 params = parse_params({"mlflow": {"tracking_uri": sys.argv[1]}})
 with tracking.stage_run("train@impactx-0", params):
     print("started", flush=True)
@@ -196,7 +196,7 @@ def test_a_killed_stage_leaves_no_run_running(tmp_path, sig):
 WRITER = """
 import sys
 from impactx import tracking
-from impactx.config import parse_params
+from impactx.params import parse_params
 params = parse_params({"mlflow": {"tracking_uri": sys.argv[1]}})
 for i in range(3):
     with tracking.stage_run(f"stage{sys.argv[2]}-{i}", params):

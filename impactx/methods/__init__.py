@@ -51,11 +51,11 @@ class Stage1:
         (for the baseline, which is stage 1)."""
         if not built_on_stage1:
             return cls(ds.info, model)
-        from impactx.shap_maps import load_scaled_maps
+        from impactx.maps import load_scaled_maps
 
         checkpoint = layout.model("baseline", seed)
         if not checkpoint.exists():
-            raise ImpactXError(f"{checkpoint} not found: run stage 1 first (dvc repro finetune@{seed})")
+            raise ImpactXError(f"{checkpoint} not found: run stage 1 first (dvc repro baseline@{seed})")
         return cls(ds.info, model, checkpoint, load_scaled_maps(layout.attribution_maps(seed)), ds.train.y)
 
     def maps_tensor(self) -> torch.Tensor | None:

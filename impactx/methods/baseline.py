@@ -7,6 +7,6 @@ from impactx.config import TrainParams
 from impactx.methods import Stage1, register
 
 
-@register("baseline", label="Baseline A", map_kind="SHAP of A, post hoc", section="finetune", post_hoc=True, stage=1)
+@register("baseline", label="Baseline A", map_kind="SHAP of A, post hoc", post_hoc=True, stage=1)
 def baseline(stage1: Stage1, settings: TrainParams):
     return stage1.baseline(trained=False)

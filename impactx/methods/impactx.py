@@ -12,14 +12,15 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
-from impactx.attribution import Method as AttributionMethod
+from impactx import attribution
 from impactx.backbones import with_new_head
 from impactx.config import TrainParams
 from impactx.data import DatasetInfo
 from impactx.methods import Stage1, register
+from impactx.maps import scale_maps
 from impactx.model import Classifier
 
 Target = Literal["max_abs", "standardize"]
@@ -35,8 +36,15 @@ class ImpactxParams(TrainParams):
     decoder_input: Literal["layernorm", "raw"] = "layernorm"  # D's input: LayerNorm(z), or z itself (raw)
     training: Literal["two_stage", "single_stage"] = "two_stage"  # single_stage: M trains too, maps refreshed
     refresh_every: int = Field(5, gt=0)  # single_stage: new maps from the current M every this many epochs
-    refresh_method: AttributionMethod = "integrated_gradients"  # single_stage: R of the refreshes (pick a cheap one)
+    refresh_method: str = "integrated_gradients"  # single_stage: R of the refreshes (pick a cheap one)
     refresh_cost: int = Field(32, gt=0)  # its evaluations per image: SHAP max_evals, IG steps, GradientSHAP samples
+
+    @field_validator("refresh_method")
+    @classmethod
+    def _refresh_method(cls, v: str) -> str:
+        if v not in attribution.names():
+            raise ValueError(f"'{v}' is not an attribution method: use one of {attribution.names()}")
+        return v
 
 
 def standardize(r: torch.Tensor) -> torch.Tensor:
@@ -56,7 +64,7 @@ def _decoder_plan(image_size: int) -> tuple[int, int]:
 
 class Decoder(nn.Module):
     """D(z): FC, reshape, then (conv, ×2 upsample) steps up to the input size (the paper's Fig. 2).
-    tanh output for targets scaled to [-1, 1] (max_abs, see shap_maps.scale_maps); linear for standardized
+    tanh output for targets scaled to [-1, 1] (max_abs, see impactx.maps.scale_maps); linear for standardized
     targets (bounded=False)."""
 
     def __init__(
@@ -151,15 +159,12 @@ class ImpactX(nn.Module):
         """Single-stage training: at the start of epochs 1 + k·every (k ≥ 1), the scaled maps R(A, x, y) of
         the current A = M(normalise(x)) for the training images x; None when no refresh is due (or λ = 0:
         nothing reads the maps)."""
-        from impactx.attribution import attribute
-        from impactx.shap_maps import scale_maps
-
         r = self.refresh
         if r is None or self.lam == 0 or epoch == 1 or (epoch - 1) % r["every"]:
             return None
         a = nn.Sequential(self.normalize, self.m)  # A: the classifier whose maps the decoder learns
-        cost = {"max_evals": r["cost"], "steps": r["cost"], "samples": r["cost"]}
-        maps = attribute(a, x, y, method=r["method"], **cost, seed=epoch, device=device, batch_size=512)
+        spec = attribution.Spec.default(r["method"], cost=r["cost"], batch_size=512)
+        maps = attribution.attribute(a, x, y, spec, seed=epoch, device=device)
         return scale_maps(torch.from_numpy(maps))
 
     def loss(self, x, y, r) -> dict:

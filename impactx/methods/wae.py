@@ -19,7 +19,7 @@ from torch import nn
 
 from impactx.backbones import feature_shape
 from impactx.config import TrainParams
-from impactx.shap_maps import class_mean_maps
+from impactx.maps import class_mean_maps
 from impactx.methods import Stage1, register
 from impactx.model import Classifier
 

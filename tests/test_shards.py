@@ -1,13 +1,23 @@
+"""Partition SHAP equals shap's own explainer, and the shard engine resumes, fans out and reuses maps."""
+
 import json
 
 import numpy as np
 import pytest
-import torch
-from conftest import CPU, tiny_model
-
 import shap
-from impactx import ImpactXError, shap_maps
-from impactx.shap_maps import check_masker, compute_maps, local_runner, partition_shap, scale_maps, shap_true_class
+import torch
+from conftest import CPU, shap_spec, tiny_model
+
+from impactx import ImpactXError, attribution, shards
+from impactx.attribution.shap_partition import check_masker, shap_true_class
+from impactx.maps import scale_maps
+from impactx.params import parse_params
+from impactx.shards import compute_maps, local_runner
+
+
+def partition_shap(model, x, y, *, max_evals, batch_size, masker, seed=0, pool=16, first_index=0, device=CPU):
+    spec = shap_spec(max_evals, masker, batch_size, pool)
+    return attribution.attribute(model, x, y, spec, seed=seed, first_index=first_index, device=device)
 
 
 def test_scale_maps_numpy_and_torch():
@@ -68,10 +78,10 @@ def test_shards_resume_to_identical_maps(tmp_path, monkeypatch):
     model = tiny_model()
     x = np.random.default_rng(0).integers(0, 256, (5, 3, 16, 16), dtype=np.uint8)
     y = np.array([0, 1, 2, 3, 0])
-    kw = dict(max_evals=100, batch_size=50, masker="blur(4,4)", shard_size=2, seed=7, device=CPU)
-    full, _ = compute_maps(model, x, y, work_root=tmp_path / "a", **kw)
+    kw = dict(shard_size=2, seed=7, device=CPU)
+    full, _ = compute_maps(model, x, y, shap_spec(), work_root=tmp_path / "a", **kw)
 
-    real, calls = shap_maps.partition_shap, []
+    real, calls = shards.attribute, []
 
     def dies_on_second_shard(*a, **k):
         calls.append(1)
@@ -81,15 +91,15 @@ def test_shards_resume_to_identical_maps(tmp_path, monkeypatch):
 
     resuming = False
 
-    monkeypatch.setattr(shap_maps, "partition_shap", dies_on_second_shard)
+    monkeypatch.setattr(shards, "attribute", dies_on_second_shard)
     with pytest.raises(SystemExit):
-        compute_maps(model, x, y, work_root=tmp_path / "b", **kw)
+        compute_maps(model, x, y, shap_spec(), work_root=tmp_path / "b", **kw)
     work = next((tmp_path / "b").iterdir())
     assert sorted(p.name for p in work.iterdir()) == ["owner.json", "shard_00000.npy"]  # no half-written shard
 
     calls.clear()
     resuming = True
-    resumed, _ = compute_maps(model, x, y, work_root=tmp_path / "b", **kw)
+    resumed, _ = compute_maps(model, x, y, shap_spec(), work_root=tmp_path / "b", **kw)
     assert len(calls) == 2  # only the two missing shards
     assert resumed.tobytes() == full.tobytes()
 
@@ -98,9 +108,9 @@ def test_worker_processes_give_the_same_maps(tmp_path):
     model = tiny_model()
     x = np.random.default_rng(0).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)
     y = np.array([0, 1, 2, 3])
-    kw = dict(max_evals=100, batch_size=50, masker="blur(4,4)", shard_size=2, seed=0, device=CPU)
-    one, _ = compute_maps(model, x, y, work_root=tmp_path / "a", **kw)
-    two, _ = compute_maps(model, x, y, work_root=tmp_path / "b", runner=local_runner(workers=2), **kw)
+    kw = dict(shard_size=2, seed=0, device=CPU)
+    one, _ = compute_maps(model, x, y, shap_spec(), work_root=tmp_path / "a", **kw)
+    two, _ = compute_maps(model, x, y, shap_spec(), work_root=tmp_path / "b", runner=local_runner(workers=2), **kw)
     assert one.tobytes() == two.tobytes()
 
 
@@ -108,12 +118,12 @@ def test_an_abandoned_run_of_the_same_seed_is_removed_and_other_seeds_are_kept(t
     model = tiny_model()
     x = np.random.default_rng(0).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)
     y = np.array([0, 1, 2, 3])
-    kw = dict(batch_size=50, masker="blur(4,4)", shard_size=2, device=CPU, work_root=tmp_path)
-    _, old = compute_maps(model, x, y, max_evals=100, seed=0, **kw)  # then max_evals changed: never resumed
-    _, other_seed = compute_maps(model, x, y, max_evals=100, seed=1, **kw)  # another seed's stage, maybe running
+    kw = dict(shard_size=2, device=CPU, work_root=tmp_path)
+    _, old = compute_maps(model, x, y, shap_spec(100), seed=0, **kw)  # then max_evals changed: never resumed
+    _, other_seed = compute_maps(model, x, y, shap_spec(100), seed=1, **kw)  # another seed's stage, maybe running
     foreign = tmp_path / "not_ours"
     foreign.mkdir()
-    _, new = compute_maps(model, x, y, max_evals=120, seed=0, **kw)
+    _, new = compute_maps(model, x, y, shap_spec(120), seed=0, **kw)
     assert not old.exists() and new.exists() and other_seed.exists() and foreign.exists()
 
 
@@ -122,7 +132,7 @@ def test_maps_with_the_same_fingerprint_are_reused_not_computed(tmp_path):
     model, other = tiny_model(), tiny_model(seed=1)  # other weights: another fingerprint
     x = np.random.default_rng(0).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)
     y = np.array([0, 1, 2, 3])
-    kw = dict(max_evals=100, batch_size=50, masker="blur(4,4)", shard_size=2, seed=0, device=CPU, work_root=tmp_path / "w")
+    kw = dict(spec=shap_spec(), shard_size=2, seed=0, device=CPU, work_root=tmp_path / "w")
     first, work = compute_maps(model, x, y, **kw)
     done = tmp_path / "seed0"
     done.mkdir()
@@ -133,7 +143,7 @@ def test_maps_with_the_same_fingerprint_are_reused_not_computed(tmp_path):
         raise AssertionError("computed maps it could reuse")
 
     reused, again = compute_maps(model, x, y, runner=never, reuse=[tmp_path / "nope" / "maps.json", done / "maps.json"], **kw)
-    assert again.name == work.name and shap_maps.fingerprint(done / "maps.json") == work.name
+    assert again.name == work.name and shards.fingerprint(done / "maps.json") == work.name
     assert not again.exists()  # no work folder: how the stage tells a reuse from a computation
     assert reused.tobytes() == first.tobytes()
     computed = []
@@ -146,7 +156,6 @@ def test_maps_with_the_same_fingerprint_are_reused_not_computed(tmp_path):
 
 def test_a_teachers_maps_take_the_data_seed_so_every_replicate_shares_them():
     from impactx.attribution import map_seed
-    from impactx.config import parse_params
 
     own = parse_params({"seed": 3})
     teacher = parse_params({"seed": 3, "attribution": {"teacher": "models:/t/1"}})
