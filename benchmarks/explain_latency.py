@@ -4,8 +4,8 @@ this run, as a ratio. The evaluate stage logs the same ratio (explain_speedup_1,
 
 With --checkpoint (a pipeline checkpoint, e.g. models/impactx/seed0.pt, and data/prepared/info.json)
 the trained model; otherwise IMPACTX on LeNet-5 with seeded random weights on 3×32×32 images (the
-forward pass costs the same). max_evals, batch size, masker and pool default to params.yaml's shap
-section when run in a project. Prints one JSON line. Example:
+forward pass costs the same). max_evals, batch size, masker and pool default to params.yaml's
+attribution.shap_partition section when run in a project. Prints one JSON line. Example:
 
     python benchmarks/explain_latency.py --max-evals 2000
 """
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from impactx import layout, methods
-from impactx.params import load_params, parse_params
 from impactx.data import DatasetInfo, load_info
 from impactx.evaluation import LATENCY_IMAGES, explain_latency, timed_post_hoc_shap
 from impactx.methods import Stage1
+from impactx.params import load_params, parse_params
 from impactx.train import resolve_device
 
 
@@ -36,7 +36,11 @@ def random_impactx(info: DatasetInfo, params):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--max-evals", type=int, help="SHAP evaluations per image (default: params.yaml attribution.shap_partition.max_evals)")
+    ap.add_argument(
+        "--max-evals",
+        type=int,
+        help="SHAP evaluations per image (default: params.yaml attribution.shap_partition.max_evals)",
+    )
     ap.add_argument("--checkpoint", type=Path, help="a method's checkpoint (needs data/prepared/info.json)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from impactx.backbones import build_backbone
 from impactx.attribution import Spec, attribute
 from impactx.attribution.shap_partition import ShapPartitionSettings, shap_true_class
+from impactx.backbones import build_backbone
 from impactx.model import Classifier
 from impactx.shards import compute_maps, local_runner
 

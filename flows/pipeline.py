@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 
 from impactx.io import atomic_write, exclusive_lock
@@ -126,7 +128,7 @@ def pipeline(
         results = {stage: dvc_stage(stage, str(repo)) for stage in stages(repo)}
         name = experiment or f"prefect-{flow_run.name}"
         subprocess.run([DVC, "exp", "save", "--force", "--name", name], cwd=repo, check=True, capture_output=True)
-    print(f"saved as DVC experiment {name}: {results}")
+    _log().info("saved as DVC experiment %s: %s", name, results)
     return results
 
 
@@ -143,10 +145,18 @@ def params_restored(repo: Path):
             atomic_write(path, lambda tmp: tmp.write_bytes(before))
 
 
+def _log() -> logging.Logger | logging.LoggerAdapter:
+    """The flow run's logger (shown in the Prefect UI), or this module's outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
 def checkout_lock(repo: Path):
     """One flow run at a time in a checkout: deployments that share a clone (nightly, lambda-sweep) wait
     for each other instead of rewriting each other's params.yaml."""
-    wait = lambda path: print(f"another flow run holds {path}: waiting for it to finish")  # noqa: E731
+    wait = lambda path: _log().info("another flow run holds %s: waiting for it to finish", path)
     return exclusive_lock(repo / ".dvc" / "tmp" / "impactx-flow.lock", on_wait=wait)
 
 

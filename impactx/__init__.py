@@ -33,7 +33,13 @@ tests/test_architecture.py fails on a cycle):
     cli          the `impactx` command: `impactx explain IMAGES... --model models:/...`
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# The package reports progress on the "impactx" logger; the stages and the `impactx` command show it
+# (impactx.stage.show_progress). A library user sees nothing unless they configure logging.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 class ImpactXError(Exception):

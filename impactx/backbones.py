@@ -37,7 +37,7 @@ def register(name: str):
 
 
 class Backbone(nn.Module):
-    def __init__(self, stem: nn.Module, trunk: nn.Module, head: nn.Linear):
+    def __init__(self, stem: nn.Module, trunk: nn.Module, head: nn.Module):
         super().__init__()
         self.stem, self.trunk, self.head = stem, trunk, head
 
@@ -101,7 +101,7 @@ def _conv_block(i: int, o: int) -> list[nn.Module]:
 def cnn3(in_channels: int, num_classes: int, image_size: int, params: ModelParams) -> Backbone:
     """A small VGG-style CNN: block(16) | block(32)-block(64)-flatten | FC(K), each block a 3×3 conv, batch
     norm, ReLU and 2×2 max pool. Half LeNet-5's weights, 4–5× its forward cost; on CIFAR-10 it beats it
-    (README "R = SHAP of a stronger teacher"), so it is a cheap teacher for a LeNet-5 student on CPU."""
+    (docs/guide/attribution.md, "Teacher models"), so it is a cheap teacher for a LeNet-5 student on CPU."""
     if params.pretrained:
         raise ImpactXError("cnn3 has no pretrained weights: set model.pretrained: false")
     if image_size < 8:
@@ -150,12 +150,14 @@ def imagenet_state_dict(arch: str, params: ModelParams) -> dict:
 
 def _first_conv_to(features: nn.Sequential, in_channels: int) -> None:
     """Give the first convolution `in_channels` inputs (grey images); pretrained filters are averaged over RGB."""
-    parent, conv = features[0], features[0][0]
+    parent = features[0]
+    assert isinstance(parent, nn.Sequential)
+    conv = parent[0]
+    assert isinstance(conv, nn.Conv2d)
     if conv.in_channels == in_channels:
         return
-    new = nn.Conv2d(
-        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
-    )
+    shape: dict = {"kernel_size": conv.kernel_size, "stride": conv.stride, "padding": conv.padding}
+    new = nn.Conv2d(in_channels, conv.out_channels, **shape, bias=conv.bias is not None)
     with torch.no_grad():
         new.weight.copy_(conv.weight.mean(1, keepdim=True).expand_as(new.weight))
     parent[0] = new

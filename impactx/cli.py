@@ -43,10 +43,12 @@ def read_image(path: Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, str
 
     c, h, w = shape
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB")
+        with Image.open(path) as src:
+            im = src.convert("L" if c == 1 else "RGB")
     except (UnidentifiedImageError, OSError) as e:
-        raise ImpactXError(f"{path} is not an image PIL can read ({type(e).__name__}): remove it or convert it") from None
+        raise ImpactXError(
+            f"{path} is not an image PIL can read ({type(e).__name__}): remove it or convert it"
+        ) from None
     note = None
     if im.size != (w, h):
         note = f"note: {path} is {im.size[0]}×{im.size[1]}, resized to the model's {w}×{h}"
@@ -121,7 +123,9 @@ def explain(args) -> None:
 def unique_names(files: list[Path]) -> list[str]:
     """Output names: the file's stem, with its folder when two files share a stem."""
     stems = [f.stem for f in files]
-    return [s if stems.count(s) == 1 else "_".join([*f.parent.parts[-2:], s]) for f, s in zip(files, stems)]
+    return [
+        s if stems.count(s) == 1 else "_".join([*f.parent.parts[-2:], s]) for f, s in zip(files, stems, strict=False)
+    ]
 
 
 def parser() -> argparse.ArgumentParser:

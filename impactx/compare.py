@@ -238,5 +238,5 @@ def morf_rows(records: list[dict], order: list[str]) -> list[dict]:
     return [
         {"method": name, "fraction": f, "probability": float(p)}
         for name, (curve, _) in mean_curves(records, order).items()
-        for f, p in zip(fractions, curve)
+        for f, p in zip(fractions, curve, strict=False)
     ]

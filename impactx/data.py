@@ -77,9 +77,9 @@ def _load_digits(p: DataParams):
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = torch.from_numpy(d.images).float().unsqueeze(1) / 16.0  # N×1×8×8 in [0, 1]
-    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
-    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).numpy()
+    small = torch.from_numpy(d.images).float().unsqueeze(1) / 16.0  # N×1×8×8 in [0, 1]
+    big = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
+    x = (big.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).numpy()  # N×3×32×32 uint8
     return Split(x, d.target.astype(np.int64)), None, [str(c) for c in d.target_names]
 
 
@@ -165,8 +165,8 @@ def _read_image_folder(path: str | None, what: str, image_size: int | None = Non
             raise ImpactXError(f"cannot read image {file} ({type(e).__name__}): remove or replace it") from None
     mode = "L" if all(img.mode in ("L", "1") for img in images) else "RGB"
     xs = []
-    for img in images:
-        a = np.asarray(img.convert(mode), dtype=np.uint8)
+    for im in images:
+        a = np.asarray(im.convert(mode), dtype=np.uint8)
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # C×H×W
         if image_size is not None and a.shape[1:] != (image_size, image_size):
             a = _resize(Split(a[None], np.zeros(1, np.int64)), image_size).x[0]
@@ -205,7 +205,7 @@ def _resize(split: Split, size: int | None) -> Split:
         return split
     out = []
     for i in range(0, len(split.x), 1024):
-        chunk = torch.from_numpy(split.x[i : i + 1024]).float()
+        chunk = torch.tensor(split.x[i : i + 1024], dtype=torch.float32)  # a copy: x may be read-only
         chunk = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out.append(chunk.round().clamp(0, 255).to(torch.uint8).numpy())
     return Split(np.concatenate(out), split.y)

@@ -12,17 +12,23 @@ removal noise for every method and seed:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from impactx import morf
-from impactx.attribution import Spec, attribute
+from impactx.attribution import Progress, Spec, attribute
 from impactx.config import Params
 from impactx.data import Dataset, to_float
 from impactx.fidelity import fidelity
 from impactx.methods import Method
 from impactx.train import accuracy, inference_batch_size, predict_logits
+
+T = TypeVar("T")
 
 MAPS = ("own", "shap", "random")  # the maps judged on each model
 LATENCY_IMAGES = (1, 256)  # batch sizes at which explain() is timed against post-hoc SHAP
@@ -45,11 +51,12 @@ def explain_batched(model, x: torch.Tensor, device: torch.device) -> tuple[torch
 
 
 def post_hoc_shap(
-    model, x: torch.Tensor, pred: np.ndarray, seed: int, params: Params, device, first_index: int = 0
+    model, x: torch.Tensor, pred: np.ndarray, seed: int, params: Params, device, first_index: int = 0, progress=None
 ) -> torch.Tensor:
     """SHAP of the model for its predicted class: Partition SHAP with attribution.shap_partition's masker
     and pool, evaluate.shap_max_evals evaluations per image."""
-    maps = attribute(model, x, pred, post_hoc_spec(params), seed=seed, first_index=first_index, device=device)
+    spec = post_hoc_spec(params)
+    maps = attribute(model, x, pred, spec, seed=seed, first_index=first_index, device=device, progress=progress)
     return torch.from_numpy(maps)
 
 
@@ -60,7 +67,7 @@ def post_hoc_spec(params: Params) -> Spec:
     return Spec("shap_partition", options, params.attribution.batch_size)
 
 
-def _seconds(fn, device: torch.device) -> tuple[float, object]:
+def _seconds(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
     """Wall seconds of fn() (CUDA work included) and its result."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -77,13 +84,16 @@ def timed_post_hoc_shap(model, x, pred, seed: int, params: Params, device) -> tu
     timed batches took: what post-hoc SHAP costs a user for 1 and for 256 images."""
     device = torch.device(device)
     cuts = [0, *np.minimum(np.cumsum(LATENCY_IMAGES), len(x)).tolist(), len(x)]
-    parts, seconds = [], {}
-    for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+    parts: list[torch.Tensor] = []
+    seconds: dict[int, float] = {}
+    bar = Progress(len(x), post_hoc_spec(params), desc="post-hoc SHAP")
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
         if b > a:
-            t, maps = _seconds(lambda: post_hoc_shap(model, x[a:b], pred[a:b], seed, params, device, a), device)
+            t, maps = _seconds(partial(post_hoc_shap, model, x[a:b], pred[a:b], seed, params, device, a, bar), device)
             parts.append(maps)
             if i < len(LATENCY_IMAGES):
                 seconds[b - a] = t
+    bar.close()
     return torch.cat(parts), seconds
 
 
@@ -97,7 +107,7 @@ def explain_latency(model, x: torch.Tensor, shap_seconds: dict[int, float], devi
     for n, shap_s in shap_seconds.items():
         batch = x[:n].to(device)
         model.explain(batch)  # warm-up
-        explain_s = min(_seconds(lambda: model.explain(batch), device)[0] for _ in range(repeats))
+        explain_s = min(_seconds(partial(model.explain, batch), device)[0] for _ in range(repeats))
         out.append({"images": n, "explain_s": explain_s, "shap_s": shap_s, "speedup": shap_s / max(explain_s, 1e-9)})
     return out
 
@@ -107,7 +117,7 @@ def faithfulness(model, x: torch.Tensor, maps: dict[str, torch.Tensor], params: 
     p = params.evaluate
     kw = {"patch_size": p.patch_size, "steps": p.steps, "device": device, "seed": params.seed, "removal": p.removal}
     out = {}
-    for name, m in maps.items():
+    for name, m in tqdm(maps.items(), desc="MoRF and LeRF", unit="map", mininterval=2):
         mo, le = (morf.removal_curves(model, x, m, order=o, **kw) for o in ("morf", "lerf"))
         out[name] = {"aopc": morf.aopc(mo), "aopc_lerf": morf.aopc(le), "srg": morf.srg(mo, le),
                      "morf_curve": mo.mean(0).tolist(), "lerf_curve": le.mean(0).tolist()}  # fmt: skip

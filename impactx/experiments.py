@@ -1,5 +1,5 @@
 """Pick the best DVC experiment of a grid by a validation metric, and apply it: the last step of the
-Table 1 grid search (README). The test split never chooses: a metric that is not a validation one is
+Table 1 grid search (docs/guide/pipeline.md). The test split never chooses: a metric that is not a validation one is
 refused."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def agreement(maps: np.ndarray, teacher: np.ndarray, top_fraction: float = 0.1) 
     a, b = maps.reshape(len(maps), -1).astype(np.float64), teacher.reshape(len(teacher), -1).astype(np.float64)
     k = max(1, round(top_fraction * a.shape[1]))
     pearson, spearman, iou = [], [], []
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=False):
         pearson.append(_corr(u, v))
         spearman.append(_corr(stats.rankdata(u), stats.rankdata(v)))
         top_u, top_v = set(np.argpartition(-u, k - 1)[:k]), set(np.argpartition(-v, k - 1)[:k])

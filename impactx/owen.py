@@ -116,7 +116,7 @@ class _Inpainter:
 
     def __call__(self, masks: torch.Tensor, images_u8: np.ndarray, slots: np.ndarray, chw) -> torch.Tensor:
         c, h, w = chw
-        hidden = (~masks.cpu().numpy()).reshape(len(masks), c, h, w).any(1).astype(np.uint8)
+        hidden = np.asarray((~masks.cpu().numpy()).reshape(len(masks), c, h, w).any(1), dtype=np.uint8)
 
         def one(i):
             img = images_u8[slots[i]]
@@ -303,7 +303,9 @@ class _Pool:
         first = np.searchsorted(p_slot, np.arange(self.pool))
         ties = np.empty((len(p_slot), 4))
         for s in np.flatnonzero(counts):
-            ties[first[s] : first[s] + counts[s]] = self.rng[s].randn(4 * counts[s]).reshape(-1, 4)
+            rng = self.rng[s]
+            assert rng is not None  # a slot with nodes holds an image
+            ties[first[s] : first[s] + counts[s]] = rng.randn(4 * counts[s]).reshape(-1, 4)
         return ties
 
     def enqueue(self, children: dict, new: np.ndarray, f_new: np.ndarray) -> None:

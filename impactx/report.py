@@ -14,7 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from impactx import attribution, compare, methods
+import yaml
+
+from impactx import ImpactXError, attribution, compare, methods
 from impactx.io import atomic_write
 
 RESULTS = Path("studies/results")
@@ -75,15 +77,17 @@ def _flat(d, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-def study_page(name: str, data: dict) -> str:
+def study_page(name: str, data: dict, root: Path = Path(".")) -> str:
     data = dict(data)
     prov = data.pop("provenance", None)
     params = (prov or {}).get("params", {})
     lines = [f"# {name}", ""]
-    recipe = Path(prov["recipe"]) if prov else None
-    if recipe and recipe.exists():
-        import yaml
-
+    if prov and prov.get("recipe"):
+        recipe = root / prov["recipe"]
+        if not recipe.exists():
+            raise ImpactXError(
+                f"{RESULTS / name}.json names the recipe {prov['recipe']}, which does not exist: restore it"
+            )
         lines += [str((yaml.safe_load(recipe.read_text()) or {}).get("description", "")), ""]
     lines += ["## Provenance", "", *_provenance(prov)]
     if _is_table2(data):
@@ -124,7 +128,7 @@ def pages(root: Path = Path(".")) -> dict[Path, str]:
     studies = {p.stem: json.loads(p.read_text()) for p in sorted((root / RESULTS).glob("*.json"))}
     out: dict[Path, str] = {}
     for name, data in studies.items():
-        out[PAGES / f"{name}.md"] = HEADER.format(source=RESULTS / f"{name}.json") + study_page(name, data)
+        out[PAGES / f"{name}.md"] = HEADER.format(source=RESULTS / f"{name}.json") + study_page(name, data, root)
     paper = json.loads((root / PAPER).read_text())
     out[PAGES / "table2.md"] = HEADER.format(source=f"{PAPER} and {RESULTS}") + table2_page(paper, studies)
     index = ["# Results", "", "Every page here is generated from a JSON file by `python -m impactx.report`; CI fails"
@@ -140,12 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m impactx.report", description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if a page differs from its JSON's")
     args = ap.parse_args(argv)
-    expected = pages()
+    try:
+        expected = pages()
+    except ImpactXError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.check:
         stale = [str(p) for p, text in expected.items() if not p.exists() or p.read_text() != text]
         extra = sorted(str(p) for p in PAGES.glob("*.md") if p not in expected)
-        for p in stale + extra:
-            print(f"{p}: differs from what studies/results regenerates: run python -m impactx.report", file=sys.stderr)
+        for name in stale + extra:
+            print(
+                f"{name}: differs from what studies/results regenerates: run python -m impactx.report", file=sys.stderr
+            )
         return 1 if stale or extra else 0
     PAGES.mkdir(parents=True, exist_ok=True)
     for p, text in expected.items():

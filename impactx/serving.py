@@ -1,5 +1,5 @@
 """The registered model as an MLflow pyfunc: for each image, the class index and name, the probabilities
-and the method's own map, from one forward pass (README "Serving and the `impactx` command").
+and the method's own map, from one forward pass (docs/guide/serving.md).
 
 It is logged as "models from code": impactx/pyfunc_model.py and this package travel with the model, and
 the weights are the stage's weights-only checkpoint (impactx.methods.save), read with
@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
 
 from impactx import ImpactXError, methods
 from impactx.config import ModelParams
@@ -46,7 +46,7 @@ def to_unit(images: np.ndarray, pixels: str, image_shape) -> torch.Tensor:
         raise ImpactXError("images contain NaN or infinite values")
     top, lo, hi = PIXELS[pixels], float(x.min(initial=0)), float(x.max(initial=0))
     if lo < 0 or hi > top:
-        hint = " (values up to 255: pass params {\"pixels\": \"uint8\"})" if pixels == "unit" and hi <= 255 else ""
+        hint = ' (values up to 255: pass params {"pixels": "uint8"})' if pixels == "unit" and hi <= 255 else ""
         raise ImpactXError(f"pixel values span [{lo:g}, {hi:g}], outside [0, {top:g}] for pixels '{pixels}'{hint}")
     if pixels == "uint8" and not np.array_equal(x, np.round(x)):
         raise ImpactXError("pixels 'uint8' takes whole numbers 0-255: these have fractions (floats in [0, 1]?"
@@ -68,7 +68,7 @@ def predict_table(net, method, info: DatasetInfo, images, params: dict | None = 
     maps = maps.float().cpu().numpy() if maps is not None else [None] * len(x)
     rows = [
         (int(k), info.classes[k], float(pr[k]), pr.tolist(), None if m is None else m.tolist())
-        for k, pr, m in zip(pred, prob, maps)
+        for k, pr, m in zip(pred, prob, maps, strict=False)
     ]
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -87,7 +87,7 @@ def load_artifacts(artifacts: dict) -> tuple[methods.Method, torch.nn.Module, Da
     return method, net.eval(), info
 
 
-class ExplainingModel(mlflow.pyfunc.PythonModel):
+class ExplainingModel(PythonModel):
     """predict(images, params) → predict_table; model_config {"device": "auto" | "cpu" | "cuda[:N]"}."""
 
     def load_context(self, context):

@@ -14,16 +14,15 @@ import logging
 import multiprocessing
 import os
 import shutil
-import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from impactx.attribution import Spec, attribute
+from impactx.attribution import Progress, Spec, attribute
 from impactx.data import to_float
 from impactx.io import save_json, save_npy
 
@@ -40,22 +39,7 @@ def _key(model, x: np.ndarray, y: np.ndarray, settings: dict) -> str:
     return h.hexdigest()
 
 
-class _Progress:
-    """tqdm bar over images that also shows evaluations per second."""
-
-    def __init__(self, total: int, max_evals: int):
-        self.bar = tqdm(total=total, desc="attribution maps", unit="img", smoothing=0.05, mininterval=2)
-        self.max_evals, self.t0, self.done = max_evals, time.perf_counter(), 0
-
-    def update(self, n: int = 1, computed: bool = True):
-        if computed:
-            self.done += n
-            rate = self.done * self.max_evals / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix_str(f"{rate:,.0f} evals/s", refresh=False)
-        self.bar.update(n)
-
-    def close(self):
-        self.bar.close()
+Job = tuple[Any, np.ndarray, np.ndarray, int, dict]  # shard_maps's arguments: model, x, y, lo, kw
 
 
 def shard_maps(model, x, y, lo, kw, threads: int | None = None) -> np.ndarray:
@@ -71,15 +55,15 @@ def local_runner(workers: int = 1):
     """Runs shard jobs here (workers=1) or in `workers` processes with cpu_count // workers threads each
     (for more cores than one process's threads use well)."""
 
-    def run(jobs: list[tuple], on_done, progress) -> None:
+    def run(jobs: list[Job], on_done, progress) -> None:
         if workers == 1 or len(jobs) < 2:
-            for i, job in enumerate(jobs):
-                on_done(i, shard_maps(*job[:-1], dict(job[-1], progress=progress)))
+            for i, (model, x, y, lo, kw) in enumerate(jobs):
+                on_done(i, shard_maps(model, x, y, lo, {**kw, "progress": progress}))
             return
         threads = max(1, (os.cpu_count() or 1) // workers)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-            futures = {ex.submit(shard_maps, *job, threads=threads): i for i, job in enumerate(jobs)}
+            futures = {ex.submit(shard_maps, *job, threads): i for i, job in enumerate(jobs)}
             for done in as_completed(futures):
                 on_done(futures[done], done.result())
                 progress.update(len(jobs[futures[done]][1]))
@@ -116,7 +100,9 @@ def compute_maps(
     for meta in reuse:
         maps = _finished_maps(meta, work.name, x.shape)
         if maps is not None:
-            log.info("attribution: the same model, images and settings as %s: its maps reused, none computed", meta.parent)
+            log.info(
+                "attribution: the same model, images and settings as %s: its maps reused, none computed", meta.parent
+            )
             discard_work(work)  # shards of an earlier, interrupted run of these maps are not needed now
             return maps, work
     discard_abandoned(Path(work_root), work, seed)
@@ -127,10 +113,10 @@ def compute_maps(
     todo = [s for s, p in enumerate(shard_paths) if not p.exists()]
     if len(todo) < n_shards:
         log.info("attribution: resuming, %d/%d shards already in %s", n_shards - len(todo), n_shards, work)
-    progress = _Progress(len(x), spec.attribution.evals(spec.options))
+    progress = Progress(len(x), spec)
     progress.update(len(x) - sum(min(shard_size, len(x) - s * shard_size) for s in todo), computed=False)
     kw = dict(spec=spec, seed=seed, device=device)
-    jobs = []
+    jobs: list[Job] = []
     for s in todo:
         lo, hi = s * shard_size, min((s + 1) * shard_size, len(x))
         jobs.append((model, x[lo:hi], y[lo:hi], lo, kw))
@@ -179,7 +165,9 @@ def discard_abandoned(work_root: Path, current: Path, seed: int) -> list[Path]:
             continue  # not ours to judge (no owner file)
         if folder.resolve() != current.resolve() and owner == seed:
             shutil.rmtree(folder, ignore_errors=True)
-            log.info("attribution: removed %s, an abandoned run of seed %d (other model, data or settings)", folder, seed)
+            log.info(
+                "attribution: removed %s, an abandoned run of seed %d (other model, data or settings)", folder, seed
+            )
             removed.append(folder)
     return removed
 

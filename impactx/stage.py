@@ -24,6 +24,7 @@ def run_stage(main) -> None:
     stand for are below 1e-38, so results change by nothing a float32 can show."""
     import torch
 
+    show_progress()
     torch.set_flush_denormal(True)  # a no-op (returns False) on CPUs without the instruction
     try:
         main()
@@ -31,6 +32,18 @@ def run_stage(main) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(BAD_INPUT)
     _exit_now()
+
+
+def show_progress(level: int = logging.INFO) -> None:
+    """The package's log lines ("impactx.*") on stdout, as plain lines: DVC and Prefect show a stage's
+    stdout, and a user who runs a stage by hand reads the same."""
+    logger = logging.getLogger("impactx")
+    if not any(getattr(h, "impactx_stage", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.impactx_stage = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 def _exit_now() -> None:

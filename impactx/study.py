@@ -49,7 +49,9 @@ def load(name: str, root: Path = Path(".")) -> dict:
     recipe = yaml.safe_load(path.read_text()) or {}
     unknown = set(recipe) - {"description", "base", "set", "targets", "script", "result"}
     if unknown:
-        raise ImpactXError(f"{path}: unknown key(s) {sorted(unknown)}: use description, base, set, targets, script, result")
+        raise ImpactXError(
+            f"{path}: unknown key(s) {sorted(unknown)}: use description, base, set, targets, script, result"
+        )
     if "base" in recipe:
         base = load(recipe["base"], root)
         recipe["set"] = {**base.get("set", {}), **recipe.get("set", {})}

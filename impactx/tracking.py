@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import pickle
 import signal
@@ -30,6 +31,8 @@ from mlflow.tracking import MlflowClient
 from impactx import ImpactXError
 from impactx.config import Params
 from impactx.io import exclusive_lock
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHECKPOINT_DIR = "checkpoint"  # the evaluate run's artifact folder for the weights-only checkpoint
@@ -54,7 +57,7 @@ def pipeline_key(params: Params) -> str:
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
@@ -137,8 +140,8 @@ def relocate_artifacts(db: Path, old: str, new: str) -> int:
                 f"where {column} = ? or substr({column}, 1, ?) = ?",
                 (new, len(old) + 1, old, len(old) + 1, old + "/"),
             ).rowcount
-    print(f"tracking: this project's store was made at {old.removesuffix('/mlartifacts')}: {changed} artifact"
-          f" locations now point to {new}", file=sys.stderr)  # fmt: skip
+    log.warning("tracking: this project's store was made at %s: %d artifact locations now point to %s",
+                old.removesuffix("/mlartifacts"), changed, new)  # fmt: skip
     return changed
 
 
@@ -329,7 +332,9 @@ def log_evaluation(record: dict, ds, params: Params, device, checkpoint: Path) -
 
             return accuracy(methods.load(path, ds.info, params.model)[1], ds.val, device)
 
-        promote_if_better(name, str(logged.registered_model_version), record["val_accuracy"], score_checkpoint, split_id)
+        promote_if_better(
+            name, str(logged.registered_model_version), record["val_accuracy"], score_checkpoint, split_id
+        )
 
 
 def promote_if_better(name: str, version: str, new_score: float, score_checkpoint, split_id: str) -> bool:
@@ -350,18 +355,18 @@ def promote_if_better(name: str, version: str, new_score: float, score_checkpoin
     if champ is not None and str(champ.version) != str(version):
         champ_score = _champion_score(client, champ, split_id, score_checkpoint)
         if champ_score is None:
-            print(
-                f"registry: {name}@{CHAMPION} v{champ.version} has no validation score on this split and no"
-                f" weights-only checkpoint (it is never unpickled): replaced by v{version}"
-            )
+            log.info(
+                "registry: %s@%s v%s has no validation score on this split and no weights-only checkpoint"
+                " (it is never unpickled): replaced by v%s", name, CHAMPION, champ.version, version,
+            )  # fmt: skip
         elif new_score <= champ_score:
-            print(
-                f"registry: {name} v{version} ({new_score:.4f}) does not beat @{CHAMPION} "
-                f"v{champ.version} ({champ_score:.4f}) on this validation split"
-            )
+            log.info(
+                "registry: %s v%s (%.4f) does not beat @%s v%s (%.4f) on this validation split",
+                name, version, new_score, CHAMPION, champ.version, champ_score,
+            )  # fmt: skip
             return False
     client.set_registered_model_alias(name, CHAMPION, version)
-    print(f"registry: {name} v{version} is now @{CHAMPION} (validation accuracy {new_score:.4f})")
+    log.info("registry: %s v%s is now @%s (validation accuracy %.4f)", name, version, CHAMPION, new_score)
     return True
 
 
@@ -383,5 +388,5 @@ def _champion_score(client: MlflowClient, champ, split_id: str, score_checkpoint
         local = mlflow.artifacts.download_artifacts(run_id=champ.run_id, artifact_path=files[0].path)
         return score_checkpoint(Path(local))
     except (MlflowException, OSError, KeyError, RuntimeError, ValueError, ImpactXError, pickle.UnpicklingError) as e:
-        print(f"registry: cannot score the champion's checkpoint ({type(e).__name__}: {e})")
+        log.warning("registry: cannot score the champion's checkpoint (%s: %s)", type(e).__name__, e)
         return None

@@ -4,6 +4,7 @@ It keeps the weights of the best validation epoch and reports every epoch throug
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from tqdm.auto import tqdm
 from impactx import ImpactXError
 from impactx.config import RecipeParams, TrainParams
 from impactx.data import Split, to_float
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,7 +100,8 @@ def _fit(model, params, recipe: RecipeParams, train_loader, val_split, device, s
         t0 = time.perf_counter()
         refresh_s = refresh(epoch) if refresh is not None else None  # single-stage: new maps first
         model.train()
-        sums, n = {}, 0
+        sums: dict[str, float] = {}
+        n = 0
         for batch in tqdm(
             train_loader, desc=f"{desc} epoch {epoch}/{params.epochs}", leave=False, mininterval=2, disable=None
         ):
@@ -122,11 +126,11 @@ def _fit(model, params, recipe: RecipeParams, train_loader, val_split, device, s
         history.append(metrics)
         if on_epoch:
             on_epoch(epoch, metrics)
-        print(f"{desc} epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+        log.info("%s epoch %d: %s", desc, epoch, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if metrics["val_accuracy"] > best_acc:
             best_acc, best_epoch, best_state = metrics["val_accuracy"], epoch, copy.deepcopy(model.state_dict())
         if recipe.patience and epoch - best_epoch >= recipe.patience:
-            print(f"{desc}: no better validation accuracy for {recipe.patience} epochs: stopped at {epoch}", flush=True)
+            log.info("%s: no better validation accuracy for %d epochs: stopped at %d", desc, recipe.patience, epoch)
             break
     model.load_state_dict(best_state)
     return {"best_val_accuracy": best_acc, "best_epoch": best_epoch, "epochs_run": epoch, "history": history}
@@ -164,7 +168,8 @@ def train_model(
                 return None
             maps.copy_(new)  # the loader's tensor: the next batches carry the new maps
             model.to(device)
-            print(f"{desc} epoch {epoch}: maps refreshed from the current model in {time.perf_counter() - t0:.1f}s", flush=True)
-            return time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            log.info("%s epoch %d: maps refreshed from the current model in %.1fs", desc, epoch, seconds)
+            return seconds
 
     return _fit(model, params, recipe or RecipeParams(), loader, val, device, seed, on_epoch, desc, refresh)

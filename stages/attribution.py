@@ -42,7 +42,9 @@ def main():
             reuse=others,
         )  # fmt: skip
         # compute_maps makes its work folder unless it reused another seed's maps: then, the first that matches
-        reused = None if work.exists() else next((str(m.parent) for m in others if shards.fingerprint(m) == work.name), None)
+        reused = (
+            None if work.exists() else next((str(m.parent) for m in others if shards.fingerprint(m) == work.name), None)
+        )
         seconds = time.perf_counter() - t0
         rate = len(raw) / seconds
         meta = {

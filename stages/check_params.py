@@ -2,8 +2,8 @@
 stage reads (an unknown top-level key, a misspelt section) stops `dvc repro` with one line and exit 2,
 even when every other stage is cached. It writes nothing and logs no MLflow run."""
 
-from impactx.stage import run_stage
 from impactx.params import load_params
+from impactx.stage import run_stage
 
 
 def main():

@@ -6,9 +6,9 @@ import json
 import mlflow
 
 from impactx import ImpactXError, attribution, compare, data, figures, layout, methods, tracking
-from impactx.stage import run_stage
-from impactx.params import load_params
 from impactx.io import atomic_write, save_json
+from impactx.params import load_params
+from impactx.stage import run_stage
 
 
 def main():

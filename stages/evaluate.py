@@ -4,11 +4,11 @@ baseline's: SHAP of A, post hoc), the MLflow model and the registry (champion by
 import numpy as np
 
 from impactx import data, layout, methods, tracking
-from impactx.stage import dvc_stage, run_stage, stage_args
-from impactx.params import load_params
 from impactx.evaluation import evaluate_run
 from impactx.io import save_json, save_npz
 from impactx.maps import class_mean_maps, load_scaled_maps
+from impactx.params import load_params
+from impactx.stage import dvc_stage, run_stage, stage_args
 from impactx.train import resolve_device
 
 

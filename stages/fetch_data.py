@@ -3,8 +3,8 @@
 import mlflow
 
 from impactx import data, layout, tracking
-from impactx.stage import run_stage
 from impactx.params import load_params
+from impactx.stage import run_stage
 
 
 def main():

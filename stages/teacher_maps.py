@@ -21,7 +21,9 @@ def main():
     maps = attribution.attribute(model, x, ds.test.y[idx], spec, seed=attribution.map_seed(params, seed),
                                  device=resolve_device(params.device))  # fmt: skip
     save_npy(layout.teacher_maps(seed), maps)
-    print(f"teacher: {spec.method} of {explained} for the true class of {len(idx)} held-out images -> {layout.teacher_maps(seed)}")
+    print(
+        f"teacher: {spec.method} of {explained} for the true class of {len(idx)} held-out images -> {layout.teacher_maps(seed)}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ The baseline is stage 1; every other method is built on stage 1 of its seed (A a
 import mlflow
 
 from impactx import data, layout, methods, tracking
-from impactx.stage import dvc_stage, run_stage, stage_args
 from impactx.params import load_params
+from impactx.stage import dvc_stage, run_stage, stage_args
 from impactx.train import resolve_device, seed_everything, train_model
 
 

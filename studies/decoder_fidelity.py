@@ -16,10 +16,10 @@ oracle), of the predicted class, and a random map. Variants change one thing eac
     layernorm      D(LayerNorm(z)), the package's default; otherwise the paper's settings
     layernorm_standardize, layernorm_evals2000   the same with standardized or 2000-evaluation targets
 
-Run from the project root of a pipeline on CIFAR-10 (README "Why the decoder learns less than the class
-mean"); SHAP maps are cached in .study_work/ (resumable), results written to --out as JSON:
+Run from the project root of a pipeline on CIFAR-10 (its recipes: studies/recipes/decoder_*.yaml; results:
+docs/results/decoder_study_seed1.md); SHAP maps are cached in .study_work/ (resumable), results written to --out as JSON:
 
-    python studies/decoder_fidelity.py --seed 0 --train-images 10000 --epochs 15 --out metrics/decoder_study.json
+    python studies/decoder_fidelity.py --seed 0 --train-images 10000 --epochs 15 --out studies/results/decoder_study_seed1.json
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ import torch
 sys.path.insert(0, str(Path.cwd()))  # the project's impactx, like the stages
 
 from impactx import data, layout, methods  # noqa: E402
-from impactx.params import load_params  # noqa: E402
+from impactx.attribution import Spec, attribute  # noqa: E402
 from impactx.data import Split, to_float  # noqa: E402
 from impactx.evaluation import explain_batched, morf_subset  # noqa: E402
 from impactx.fidelity import agreement  # noqa: E402
 from impactx.io import save_json  # noqa: E402
-from impactx.methods.impactx import ImpactxParams, build_impactx  # noqa: E402
-from impactx.attribution import Spec, attribute  # noqa: E402
 from impactx.maps import class_mean_maps, scale_maps  # noqa: E402
+from impactx.methods.impactx import ImpactxParams, build_impactx  # noqa: E402
+from impactx.params import load_params  # noqa: E402
 from impactx.shards import compute_maps  # noqa: E402
 from impactx.train import predict_logits, resolve_device, seed_everything, train_model  # noqa: E402
 

@@ -57,7 +57,9 @@ def shap_spec(max_evals: int = 100, masker: str = "blur(4,4)", batch_size: int =
     from impactx.attribution import Spec
     from impactx.attribution.shap_partition import ShapPartitionSettings
 
-    return Spec("shap_partition", ShapPartitionSettings(max_evals=max_evals, masker=masker, pool_size=pool_size), batch_size)
+    return Spec(
+        "shap_partition", ShapPartitionSettings(max_evals=max_evals, masker=masker, pool_size=pool_size), batch_size
+    )
 
 
 def tiny_model(seed: int = 0, size: int = 16, classes: int = 4) -> Classifier:
@@ -122,7 +124,7 @@ def write_cifar_archive(root: Path, flavour: str, n_per_batch: int = 6, seed: in
     if flavour == "cifar10":
         folder, names, label_key, meta_key = (
             "cifar-10-batches-py",
-            ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"],
+            [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
             "labels",
             "label_names",
         )

@@ -97,7 +97,9 @@ def test_the_wheel_holds_every_module_and_imports_outside_the_checkout(tmp_path)
     assert sorted(modules - names) == []
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = "import impactx.params as p, impactx.cli, impactx.tracking, impactx.fanout; p.params_model(); print(p.__file__)"
+    code = (
+        "import impactx.params as p, impactx.cli, impactx.tracking, impactx.fanout; p.params_model(); print(p.__file__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
                          capture_output=True, text=True, check=True)  # fmt: skip
     assert out.stdout.strip().startswith(str(site))

@@ -118,13 +118,17 @@ def test_a_registered_method_gets_its_section_its_cost_and_one_call_shape():
 def test_a_registered_teacher_is_explained_instead_of_a(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     info = tiny_info(classes=4, size=32)
-    teacher_params = parse_params({"model": {"backbone": "mobilenet_v2"}, "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/m.db"}})
+    teacher_params = parse_params(
+        {"model": {"backbone": "mobilenet_v2"}, "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/m.db"}}
+    )
     torch.manual_seed(0)
     teacher = methods.build("baseline", Stage1(info, teacher_params.model), teacher_params).eval()
     methods.save(tmp_path / "t.pt", "baseline", teacher_params.baseline, teacher)
     tracking.setup(teacher_params)
     with tracking.stage_run("evaluate", teacher_params):
-        tracking.log_model(tmp_path / "t.pt", info, teacher_params.model, np.random.rand(1, 3, 32, 32), "toy-mobilenet_v2-baseline")
+        tracking.log_model(
+            tmp_path / "t.pt", info, teacher_params.model, np.random.rand(1, 3, 32, 32), "toy-mobilenet_v2-baseline"
+        )
     student = parse_params({"attribution": {"teacher": "models:/toy-mobilenet_v2-baseline/1"},
                             "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/m.db"}})  # lenet5 student  # fmt: skip
     net, what = explained_model(student, info, seed=0)
@@ -132,8 +136,12 @@ def test_a_registered_teacher_is_explained_instead_of_a(tmp_path, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(net(x), teacher(x))  # the teacher's weights and its own normalisation
     assert what == "teacher models:/toy-mobilenet_v2-baseline/1"
-    with pytest.raises(ImpactXError, match="takes \\(3, 32, 32\\) images of classes .*train the teacher on the same data"):
+    with pytest.raises(
+        ImpactXError, match="takes \\(3, 32, 32\\) images of classes .*train the teacher on the same data"
+    ):
         explained_model(student, tiny_info(classes=3, size=32), seed=0)
-    missing = student.model_copy(update={"attribution": student.attribution.model_copy(update={"teacher": "models:/nope/1"})})
+    missing = student.model_copy(
+        update={"attribution": student.attribution.model_copy(update={"teacher": "models:/nope/1"})}
+    )
     with pytest.raises(ImpactXError, match="attribution.teacher 'models:/nope/1' is not a model this pipeline logged"):
         explained_model(missing, info, seed=0)

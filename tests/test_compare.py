@@ -54,8 +54,10 @@ def test_paired_differences_have_t_intervals_and_plain_verdicts():
     base = [0.60, 0.62, 0.58]
     records = [record("baseline", i, a) for i, a in enumerate(base)]
     records += [record("impactx", i, a + d) | {"training": {"best_epoch": 4, "epochs_run": 9}}
-                for i, (a, d) in enumerate(zip(base, [0.020, 0.021, 0.019]))]  # fmt: skip
-    records += [record("impactx_lambda0", i, a + d) for i, (a, d) in enumerate(zip(base, [0.01, 0.02, 0.03]))]
+                for i, (a, d) in enumerate(zip(base, [0.020, 0.021, 0.019], strict=False))]  # fmt: skip
+    records += [
+        record("impactx_lambda0", i, a + d) for i, (a, d) in enumerate(zip(base, [0.01, 0.02, 0.03], strict=False))
+    ]
     s = compare.summarize(records, ["baseline", "impactx", "impactx_lambda0"])
     vs_base = s["impactx"]["test_accuracy_minus_baseline"]
     assert vs_base["mean"] == pytest.approx(0.020) and vs_base["n"] == 3
@@ -105,10 +107,21 @@ def test_same_model_faithfulness_and_the_predicted_class_floor_are_paired_per_se
     assert s["impactx"]["pearson_minus_class_mean_pred"]["mean"] == pytest.approx(0.11)
     md = compare.markdown(s, "toy", [0, 1, 2])
     assert "| IMPACTX | 0.2600 ± 0.0100 | 0.3500 ± 0.0000 | 0.1000 ± 0.0000 | 0.1000 ± 0.0000 | 0.3000 ± 0.0000 |" in md
-    assert "- IMPACTX, SRG of its own map − post-hoc SHAP of the same model: -0.200 ± 0.000 (3 seeds): less faithful than SHAP" in md
-    assert "- IMPACTX, Pearson with SHAP of A (true class) − the class-mean map of the true class: -0.090 ± 0.025 (3 seeds): below this floor" in md
-    assert "- IMPACTX, Pearson with SHAP of A (true class) − the class-mean map of the predicted class: +0.110 ± 0.025 (3 seeds): beats this floor" in md
-    ig = compare.markdown(s, "toy", [0, 1, 2], label(parse_params({"attribution": {"method": "integrated_gradients"}}).attribution))
+    assert (
+        "- IMPACTX, SRG of its own map − post-hoc SHAP of the same model: -0.200 ± 0.000 (3 seeds): less faithful than SHAP"
+        in md
+    )
+    assert (
+        "- IMPACTX, Pearson with SHAP of A (true class) − the class-mean map of the true class: -0.090 ± 0.025 (3 seeds): below this floor"
+        in md
+    )
+    assert (
+        "- IMPACTX, Pearson with SHAP of A (true class) − the class-mean map of the predicted class: +0.110 ± 0.025 (3 seeds): beats this floor"
+        in md
+    )
+    ig = compare.markdown(
+        s, "toy", [0, 1, 2], label(parse_params({"attribution": {"method": "integrated_gradients"}}).attribution)
+    )
     assert "Agreement with Integrated Gradients of A for the true class" in ig and "Pearson with SHAP" not in ig
     assert "- IMPACTX, Pearson with Integrated Gradients of A (true class) − the class-mean map of the true class" in ig
     uri = "models:/cifar10-mobilenet_v2-baseline/1"

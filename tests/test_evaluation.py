@@ -7,10 +7,10 @@ import torch
 from conftest import CPU, tiny_info, tiny_model
 
 from impactx import methods
-from impactx.params import parse_params
 from impactx.data import Dataset, Split
 from impactx.evaluation import evaluate_run, post_hoc_shap, timed_post_hoc_shap
 from impactx.methods import Stage1
+from impactx.params import parse_params
 
 INFO = tiny_info(size=16)
 
@@ -37,7 +37,7 @@ def test_every_model_is_judged_with_its_own_map_shap_of_itself_and_random_maps(t
         model = methods.build(name, stage1, params).eval()
         records[name], maps = evaluate_run(model, methods.get(name), 0, ds, params, CPU, teacher, class_maps)
         assert maps.shape == (params.evaluate.figure_images, 3, 16, 16)
-    for name, r in records.items():
+    for r in records.values():
         assert r["removal"] == removal and set(r["faithfulness"]) == {"own", "shap", "random"}
         for scores in r["faithfulness"].values():
             assert scores["srg"] == pytest.approx(scores["aopc"] - scores["aopc_lerf"], abs=1e-6)

@@ -67,7 +67,11 @@ def no_temp_files(root: Path) -> list[Path]:
 @pytest.mark.parametrize(
     "stage,output,ready",
     [
-        ("attribution@0", "attribution/seed0/maps.npy", lambda root, out: len(list(root.glob(".attribution_work/*/shard_*.npy"))) >= 2),
+        (
+            "attribution@0",
+            "attribution/seed0/maps.npy",
+            lambda root, out: len(list(root.glob(".attribution_work/*/shard_*.npy"))) >= 2,
+        ),
         ("train@impactx-0", "models/impactx/seed0.pt", lambda root, out: "impactx epoch 2:" in out),
     ],
 )

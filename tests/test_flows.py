@@ -54,7 +54,12 @@ def test_overrides_are_written_as_dvc_exp_run_would(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     flows.apply_overrides(
         tmp_path,
-        {"impactx.lambda": 0.4, "attribution.shap_partition.masker": "blur(4,4)", "data.path": None, "mlflow.register_models": False},
+        {
+            "impactx.lambda": 0.4,
+            "attribution.shap_partition.masker": "blur(4,4)",
+            "data.path": None,
+            "mlflow.register_models": False,
+        },
     )
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert params["impactx"]["lambda"] == 0.4 and params["attribution"]["shap_partition"]["masker"] == "blur(4,4)"

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from conftest import tiny_info
 
 from impactx import ImpactXError, methods
-from impactx.params import parse_params
 from impactx.data import Split
-from impactx.methods import Stage1
 from impactx.maps import class_mean_maps
+from impactx.methods import Stage1
+from impactx.params import parse_params
 from impactx.train import train_model
 
 INFO = tiny_info()
@@ -163,5 +163,10 @@ def test_single_stage_trains_m_and_refreshes_the_maps_from_it(setup):
         if training == "single_stage":  # the loader's maps are now scaled DeepLift maps of the current A
             assert not np.allclose(maps.numpy(), stage1.maps) and maps.abs().amax((1, 2, 3)).allclose(torch.ones(12))
     lam0 = methods.get("impactx_lambda0")
-    control = lam0.build(stage1, lam0.settings(params).model_copy(update={"training": "single_stage", "refresh_every": 2}))
-    assert control.lam == 0 and control.refresh_maps(3, torch.rand(2, 3, 32, 32), np.zeros(2, int), torch.device("cpu")) is None  # λ = 0
+    control = lam0.build(
+        stage1, lam0.settings(params).model_copy(update={"training": "single_stage", "refresh_every": 2})
+    )
+    assert (
+        control.lam == 0
+        and control.refresh_maps(3, torch.rand(2, 3, 32, 32), np.zeros(2, int), torch.device("cpu")) is None
+    )  # λ = 0

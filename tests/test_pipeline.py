@@ -108,7 +108,10 @@ def test_stage2_shares_stage1_and_shap_of_its_seed(project):
         base_md5 = stages[f"baseline@{seed}"]["outs"][0]["md5"]
         for m in ["impactx", "impactx_lambda0", "abn", "wae"]:
             deps = {d["path"]: d["md5"] for d in stages[train_stage(m, seed)]["deps"]}
-            assert deps[f"attribution/seed{seed}/maps.npy"] == shap_md5 and deps[f"models/baseline/seed{seed}.pt"] == base_md5
+            assert (
+                deps[f"attribution/seed{seed}/maps.npy"] == shap_md5
+                and deps[f"models/baseline/seed{seed}.pt"] == base_md5
+            )
     impactx = torch.load(root / "models/impactx/seed0.pt")["state_dict"]
     baseline = torch.load(root / "models/baseline/seed0.pt")["state_dict"]
     assert torch.equal(impactx["m.stem.0.weight"], baseline["backbone.stem.0.weight"])  # M is stage 1's, frozen
@@ -175,7 +178,10 @@ def changed_stages(root) -> set[str]:
         ({"abn": {"lr": 0.01}}, {"train@abn-0", "train@abn-1", CHECK}),
         ({"wae": {"batch_size": 16}}, {"train@wae-0", "train@wae-1", CHECK}),
         ({"baseline": {"epochs": 3}}, {"baseline@0", "baseline@1", CHECK}),
-        ({"attribution": {"method": "integrated_gradients"}}, {"attribution@0", "attribution@1", "teacher@0", "teacher@1", "compare", CHECK}),
+        (
+            {"attribution": {"method": "integrated_gradients"}},
+            {"attribution@0", "attribution@1", "teacher@0", "teacher@1", "compare", CHECK},
+        ),
     ],
 )
 def test_a_method_setting_changes_only_that_methods_stages(project, change, expected):
@@ -248,7 +254,7 @@ def test_a_queued_grid_logs_every_run_into_the_projects_store(project):
     run(["dvc", "exp", "run", "--queue", "-S", "impactx.lambda=0.3,0.5"], root)  # a two-point grid
     out = run(["dvc", "exp", "run", "--run-all", "-j", "1"], root)
     after = counts()
-    assert [a - b for a, b in zip(after, before)] == [4, 4, 4], out.stdout[-2000:]  # 2 points × 2 seeds
+    assert [a - b for a, b in zip(after, before, strict=False)] == [4, 4, 4], out.stdout[-2000:]  # 2 points × 2 seeds
     assert not list(root.glob(".dvc/tmp/exps/**/mlflow.db"))
     picked = run(["python", "-m", "impactx.experiments", "impactx.val_accuracy.mean", "--apply"], root).stdout
     assert "best by impactx.val_accuracy.mean" in picked and "applied" in picked
@@ -286,10 +292,14 @@ def test_an_unknown_key_stops_repro_even_when_every_stage_is_cached(project):
         (root / "params.yaml").write_text(good)
 
 
-def readme_method_example() -> str:
-    """The Python block of the README's "Adding a method" section."""
-    section = (REPO / "README.md").read_text().split("### Adding a method", 1)[1]
+def docs_example(page: str, heading: str) -> str:
+    """The first Python block under `heading` of a docs page: what a reader copies."""
+    section = (REPO / "docs/guide" / page).read_text().split(heading + "\n", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def readme_method_example() -> str:
+    return docs_example("methods.md", "## Adding a method")
 
 
 @pytest.mark.e2e
@@ -299,7 +309,13 @@ def test_the_readmes_method_example_is_one_module_and_its_params(project):
     params = yaml.safe_load((root / "params.yaml").read_text())
     set_params(root, methods=[*params["methods"], "smooth"], smooth={"epochs": 2, "batch_size": 32, "smoothing": 0.2})
     out = run(["dvc", "repro"], root)
-    assert sorted(ran(out.stdout)) == [CHECK, "compare", "evaluate@smooth", "train@smooth-0", "train@smooth-1"]  # nothing else
+    assert sorted(ran(out.stdout)) == [
+        CHECK,
+        "compare",
+        "evaluate@smooth",
+        "train@smooth-0",
+        "train@smooth-1",
+    ]  # nothing else
     table = json.loads((root / "metrics/comparison.json").read_text())
     assert list(table) == [*ROWS, "smooth"]
     assert "| A + label smoothing | " in (root / "metrics/comparison.md").read_text()
@@ -307,3 +323,29 @@ def test_the_readmes_method_example_is_one_module_and_its_params(project):
     assert "A + label smoothing" in plot and "could not find" not in plot
     ckpt = torch.load(root / "models/smooth/seed0.pt")
     assert ckpt["method"] == "smooth" and ckpt["settings"]["smoothing"] == 0.2
+
+
+@pytest.mark.e2e
+def test_the_docs_attribution_example_is_one_module_and_its_params(project):
+    """docs/guide/attribution.md's occlusion R, written as the page says, trains IMPACTX on its maps."""
+    root, _ = project
+    module = root / "impactx/attribution/occlusion.py"
+    good = (root / "params.yaml").read_text()
+    module.write_text(docs_example("attribution.md", "## Adding an attribution method"))
+    try:
+        params = yaml.safe_load(good)
+        params["attribution"] = {**params["attribution"], "method": "occlusion", "occlusion": {"patch": 8}}
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = run(["dvc", "repro", "train@impactx-0"], root)
+        assert {"attribution@0", "train@impactx-0"} <= set(ran(out.stdout))
+        made = json.loads((root / "attribution/seed0/maps.json").read_text())
+        assert made["method"] == "occlusion" and made["patch"] == 8
+        maps = np.load(root / "attribution/seed0/maps.npy")
+        assert maps.shape == (96, 3, 32, 32) and np.abs(maps).max() > 0
+        block = maps[:, :, :8, :8].reshape(len(maps), -1)  # one patch: one value per image
+        assert np.allclose(block, block[:, :1])
+        ckpt = torch.load(root / "models/impactx/seed0.pt")
+        assert ckpt["method"] == "impactx"
+    finally:
+        module.unlink()
+        (root / "params.yaml").write_text(good)

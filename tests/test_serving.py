@@ -22,8 +22,8 @@ from conftest import tiny_info
 from PIL import Image
 
 from impactx import ImpactXError, methods, serving, tracking
-from impactx.params import parse_params
 from impactx.methods import Stage1
+from impactx.params import parse_params
 
 INFO = tiny_info()
 
@@ -62,7 +62,9 @@ def test_one_row_per_image_with_class_name_probabilities_and_map(checkpoints, tm
     same = serving.predict_table(net, method, info, x, {"pixels": "uint8"})  # 0-255, said so
     np.testing.assert_allclose(np.array(same.probabilities.tolist()), probs, atol=1e-6)
     assert serving.predict_table(net, method, info, x / 255, {"explain": False})["map"].isna().all()
-    base_method, base, _ = serving.load_artifacts(serving.write_artifacts(tmp_path, INFO, params.model, ckpts["baseline"]))
+    base_method, base, _ = serving.load_artifacts(
+        serving.write_artifacts(tmp_path, INFO, params.model, ckpts["baseline"])
+    )
     assert serving.predict_table(base, base_method, info, x / 255)["map"].isna().all()  # post hoc: no own map
 
 
@@ -87,7 +89,9 @@ def test_pixels_in_the_wrong_range_are_rejected_with_the_fix(x, params, message)
 def registered(checkpoints, tmp_path, monkeypatch):
     params, ckpts = checkpoints
     monkeypatch.chdir(tmp_path)
-    params = params.model_copy(update={"mlflow": params.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})})
+    params = params.model_copy(
+        update={"mlflow": params.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})}
+    )
     tracking.setup(params)
     with tracking.stage_run("evaluate", params):
         logged = tracking.log_model(ckpts["impactx"], INFO, params.model, images(2) / 255, "toy-lenet5-impactx")
@@ -180,7 +184,11 @@ def test_mlflow_models_serve_answers_a_real_image_with_class_and_map(registered,
     pixels = np.asarray(Image.open(png).convert("RGB")).transpose(2, 0, 1)[None]  # 1×3×32×32, 0-255
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)  # mlflow starts uvicorn from PATH, as in an activated venv
-    env = {**os.environ, "MLFLOW_TRACKING_URI": params.mlflow.tracking_uri, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": params.mlflow.tracking_uri,
+        "PATH": bin_dir + os.pathsep + os.environ["PATH"],
+    }
     cmd = ["mlflow", "models", "serve", "-m", "models:/toy-lenet5-impactx/1",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     server = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -201,7 +209,7 @@ def test_mlflow_models_serve_answers_a_real_image_with_class_and_map(registered,
         assert row["class_name"] in INFO.classes and INFO.classes[row["class_index"]] == row["class_name"]
         assert abs(sum(row["probabilities"]) - 1) < 1e-5 and np.array(row["map"]).shape == (3, 32, 32)
         status, body = post(url, {"inputs": pixels.tolist()})  # 0-255 sent as if in [0, 1]
-        assert status == 400 and "pass params {\"pixels\": \"uint8\"}" in body["message"]
+        assert status == 400 and 'pass params {"pixels": "uint8"}' in body["message"]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -142,7 +142,9 @@ def test_maps_with_the_same_fingerprint_are_reused_not_computed(tmp_path):
     def never(jobs, on_done, progress):
         raise AssertionError("computed maps it could reuse")
 
-    reused, again = compute_maps(model, x, y, runner=never, reuse=[tmp_path / "nope" / "maps.json", done / "maps.json"], **kw)
+    reused, again = compute_maps(
+        model, x, y, runner=never, reuse=[tmp_path / "nope" / "maps.json", done / "maps.json"], **kw
+    )
     assert again.name == work.name and shards.fingerprint(done / "maps.json") == work.name
     assert not again.exists()  # no work folder: how the stage tells a reuse from a computation
     assert reused.tobytes() == first.tobytes()

@@ -9,8 +9,8 @@ from conftest import tiny_info
 from mlflow.tracking import MlflowClient
 
 from impactx import methods, tracking
-from impactx.params import parse_params
 from impactx.methods import Stage1
+from impactx.params import parse_params
 
 INFO = tiny_info(classes=2, size=16)
 
@@ -59,7 +59,9 @@ def test_on_another_split_the_champion_is_rescored_from_its_weights_only_checkpo
     assert tracking.promote_if_better("toy-lenet5-baseline", v1, 0.5, never, "split-a")
     scored = []
     v2 = register(local_mlflow, 0.6)
-    kept = tracking.promote_if_better("toy-lenet5-baseline", v2, 0.6, lambda p: scored.append(p.read_bytes()) or 0.9, "split-b")
+    kept = tracking.promote_if_better(
+        "toy-lenet5-baseline", v2, 0.6, lambda p: scored.append(p.read_bytes()) or 0.9, "split-b"
+    )
     assert not kept and scored == [b"weights"] and champion() == v1  # 0.9 on split-b: it stays
     v3 = register(local_mlflow, 0.55)
     assert tracking.promote_if_better("toy-lenet5-baseline", v3, 0.55, never, "split-a")  # v2's 0.6 was split-b

@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from pydantic import BaseModel
 from torch import nn
+from tqdm.auto import tqdm
 
 from impactx import ImpactXError
 from impactx.config import Section
@@ -40,6 +43,12 @@ from impactx.config import Section
 
 class NoSettings(Section):
     """An R with no settings of its own (deeplift): `attribution.<name>: {}`."""
+
+
+class ProgressBar(Protocol):
+    """What an R reports its images to: tqdm, or Progress below."""
+
+    def update(self, n: int = 1) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class Run:
     first_index: int = 0
     device: torch.device | None = None  # None: the model's own
     batch_size: int = 500  # rows per forward pass
-    progress: object | None = None  # anything with update(n): tqdm, or the shard engine's bar
+    progress: ProgressBar | None = None  # anything with update(n): tqdm, or Progress
 
 
 @dataclass(frozen=True)
@@ -159,7 +168,9 @@ def attribute(
     """Maps of softmax(model(x))[target] for float images N×C×H×W in [0, 1]: float32 N×C×H×W."""
     r = spec.attribution
     if not isinstance(spec.options, r.settings):
-        raise TypeError(f"attribution '{r.name}' takes {r.settings.__name__} options, not {type(spec.options).__name__}")
+        raise TypeError(
+            f"attribution '{r.name}' takes {r.settings.__name__} options, not {type(spec.options).__name__}"
+        )
     targets = np.asarray(targets).astype(np.int64)
     if images.ndim != 4 or len(targets) != len(images):
         raise ValueError(f"attribute: images must be N×C×H×W with one target each (got {tuple(images.shape)}, "
@@ -167,6 +178,25 @@ def attribute(
     device = device or next(model.parameters()).device
     run = Run(seed, first_index, device, spec.batch_size, progress)
     return r.compute(model.to(device).eval(), images, targets, spec.options, run)
+
+
+class Progress:
+    """A tqdm bar over images that also shows R's model evaluations per second; pass it as `progress`."""
+
+    def __init__(self, total: int, spec: Spec, desc: str = "attribution maps"):
+        self.bar = tqdm(total=total, desc=desc, unit="img", smoothing=0.05, mininterval=2)
+        self.evals, self.t0, self.done = spec.attribution.evals(spec.options), time.perf_counter(), 0
+
+    def update(self, n: int = 1, computed: bool = True) -> None:
+        """n images more; computed=False for images taken from a finished shard (no rate)."""
+        if computed:
+            self.done += n
+            rate = self.done * self.evals / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix_str(f"{rate:,.0f} evals/s", refresh=False)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def label(section) -> str:

@@ -10,7 +10,9 @@ import torch
 from impactx.attribution import Probability, Run
 
 
-def gradient_maps(model, images: torch.Tensor, targets: np.ndarray, run: Run, rows_per_image: int, one_batch) -> np.ndarray:
+def gradient_maps(
+    model, images: torch.Tensor, targets: np.ndarray, run: Run, rows_per_image: int, one_batch
+) -> np.ndarray:
     """one_batch(net, x, y, first) → attributions of images x (first: the index of x[0] in the run), for
     chunks of images that spend at most run.batch_size rows (rows_per_image each) per pass."""
     net = Probability(model).eval()

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from impactx.config import Section
 from impactx.attribution import register
 from impactx.attribution._gradients import gradient_maps
+from impactx.config import Section
 
 NOISE_BASELINES = 8  # uniform-noise images drawn per image, seeded by (seed, index)
 

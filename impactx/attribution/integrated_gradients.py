@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from impactx.config import Section
 from impactx.attribution import register
 from impactx.attribution._gradients import gradient_maps
+from impactx.config import Section
 
 
 class IntegratedGradientsSettings(Section):

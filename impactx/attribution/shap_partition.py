@@ -14,8 +14,8 @@ import torch
 from pydantic import Field, field_validator
 
 from impactx import ImpactXError
-from impactx.config import Section
 from impactx.attribution import Run, register
+from impactx.config import Section
 from impactx.owen import owen_values
 
 MASKER_PATTERN = re.compile(r"^(inpaint_telea|inpaint_ns|blur\(\d+,\s*\d+\))$")

@@ -3,8 +3,8 @@ FC(latent_dim) + sigmoid), the decoder D and the classifier C trained on CE(y, C
 Its map is D(LEP(x)), from the same forward pass as the class. Single-stage training (`training:
 single_stage`, the paper's other variant) trains M too, starting from A, and refreshes the maps from the
 current M every `refresh_every` epochs with `refresh_method` (refresh_maps). The settings beyond the
-paper's (target scaling, decoder width and input, map loss) are in ImpactxParams; README "Why the decoder
-learns less than the class mean"."""
+paper's (target scaling, decoder width and input, map loss) are in ImpactxParams; why the
+decoder learns less than the class mean: docs/results/decoder_study_seed1.md."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from impactx import attribution
 from impactx.backbones import with_new_head
 from impactx.config import TrainParams
 from impactx.data import DatasetInfo
-from impactx.methods import Stage1, register
 from impactx.maps import scale_maps
+from impactx.methods import Stage1, register
 from impactx.model import Classifier
 
 Target = Literal["max_abs", "standardize"]
@@ -80,7 +80,7 @@ class Decoder(nn.Module):
         self.side, steps = _decoder_plan(image_size)
         self.width = width
         # z = sigmoid(...) sits near 0.5 and varies little between images: a LayerNorm first lets D read
-        # that variation (README, "Why the decoder learns less than the class mean")
+        # that variation (docs/results/decoder_study_seed1.md)
         norm = [nn.LayerNorm(latent_dim)] if normalize_input else []
         self.fc = nn.Sequential(*norm, nn.Linear(latent_dim, width * self.side * self.side), nn.ReLU())
         layers, ch = [], width
@@ -126,7 +126,9 @@ class ImpactX(nn.Module):
         self.m = baseline.backbone
         for p in self.m.parameters():
             p.requires_grad_(refresh is not None)
-        in_features = self.m.head.in_features
+        head = self.m.head
+        assert isinstance(head, nn.Linear)  # every registered backbone ends in one FC
+        in_features = head.in_features
         self.lep = with_new_head(self.m, nn.Sequential(nn.Linear(in_features, latent_dim), nn.Sigmoid()))
         for p in self.lep.parameters():
             p.requires_grad_(True)

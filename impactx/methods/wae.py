@@ -85,7 +85,7 @@ class WAE(nn.Module):
 def wae(stage1: Stage1, settings: TrainParams) -> WAE:
     """On top of the trained A; S_k from the training maps (zeros when loading: the buffer is restored)."""
     k, shape = stage1.info.num_classes, stage1.info.image_shape
-    if stage1.maps is None:
+    if stage1.maps is None or stage1.labels is None:
         class_maps = torch.zeros(k, *shape)
     else:
         class_maps = class_mean_maps(stage1.maps, stage1.labels, k)

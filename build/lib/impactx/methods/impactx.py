@@ -1,0 +1,206 @@
+"""IMPACTX. Two-stage training (the default): M frozen from stage 1; the LEP (a copy of M whose head is
+FC(latent_dim) + sigmoid), the decoder D and the classifier C trained on CE(y, C(m, z)) + λ·MSE(r, D(z)).
+Its map is D(LEP(x)), from the same forward pass as the class. Single-stage training (`training:
+single_stage`, the paper's other variant) trains M too, starting from A, and refreshes the maps from the
+current M every `refresh_every` epochs with `refresh_method` (refresh_maps). The settings beyond the
+paper's (target scaling, decoder width and input, map loss) are in ImpactxParams; why the
+decoder learns less than the class mean: docs/results/decoder_study_seed1.md."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+
+from impactx import attribution
+from impactx.backbones import with_new_head
+from impactx.config import TrainParams
+from impactx.data import DatasetInfo
+from impactx.maps import scale_maps
+from impactx.methods import Stage1, register
+from impactx.model import Classifier
+
+Target = Literal["max_abs", "standardize"]
+
+
+class ImpactxParams(TrainParams):
+    lambda_: float = Field(1.0, ge=0, alias="lambda")  # weight of the map loss; the paper's grid is 0.2-1.4
+    latent_dim: int = Field(512, gt=0)  # size of z = sigmoid(FC(...)), the LEP's output
+    target: Target = "max_abs"  # the map as a regression target: max_abs, r/max|r| in [-1, 1] (tanh output);
+    #                             standardize, (r − mean)/std per image (linear output): an MSE on CE's scale
+    decoder_width: int = Field(64, gt=0)  # channels of D's first feature map (halved per upsampling, ≥ 16)
+    map_loss: Literal["mse", "pearson"] = "mse"  # mse: the paper's; pearson: 1 − per-image correlation
+    decoder_input: Literal["layernorm", "raw"] = "layernorm"  # D's input: LayerNorm(z), or z itself (raw)
+    training: Literal["two_stage", "single_stage"] = "two_stage"  # single_stage: M trains too, maps refreshed
+    refresh_every: int = Field(5, gt=0)  # single_stage: new maps from the current M every this many epochs
+    refresh_method: str = "integrated_gradients"  # single_stage: R of the refreshes (pick a cheap one)
+    refresh_cost: int = Field(32, gt=0)  # its evaluations per image: SHAP max_evals, IG steps, GradientSHAP samples
+
+    @field_validator("refresh_method")
+    @classmethod
+    def _refresh_method(cls, v: str) -> str:
+        if v not in attribution.names():
+            raise ValueError(f"'{v}' is not an attribution method: use one of {attribution.names()}")
+        return v
+
+
+def standardize(r: torch.Tensor) -> torch.Tensor:
+    """Per image: zero mean, unit variance over C·H·W (an all-constant map becomes zero)."""
+    flat = r.flatten(1)
+    std = flat.std(1, keepdim=True)
+    return ((flat - flat.mean(1, keepdim=True)) / torch.where(std > 0, std, torch.ones_like(std))).view_as(r)
+
+
+def _decoder_plan(image_size: int) -> tuple[int, int]:
+    """Start side and number of ×2 upsampling steps: 32 → 4 and 3 steps, 96 → 3 and 5 (two more)."""
+    side, steps = image_size, 0
+    while side > 4 and side % 2 == 0:
+        side, steps = side // 2, steps + 1
+    return side, steps
+
+
+class Decoder(nn.Module):
+    """D(z): FC, reshape, then (conv, ×2 upsample) steps up to the input size (the paper's Fig. 2).
+    tanh output for targets scaled to [-1, 1] (max_abs, see impactx.maps.scale_maps); linear for standardized
+    targets (bounded=False)."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        out_channels: int,
+        image_size: int,
+        width: int = 64,
+        bounded: bool = True,
+        normalize_input: bool = True,
+    ):
+        super().__init__()
+        self.side, steps = _decoder_plan(image_size)
+        self.width = width
+        # z = sigmoid(...) sits near 0.5 and varies little between images: a LayerNorm first lets D read
+        # that variation (docs/results/decoder_study_seed1.md)
+        norm = [nn.LayerNorm(latent_dim)] if normalize_input else []
+        self.fc = nn.Sequential(*norm, nn.Linear(latent_dim, width * self.side * self.side), nn.ReLU())
+        layers, ch = [], width
+        for _ in range(steps):
+            nxt = max(ch // 2, 16)
+            layers += [nn.Conv2d(ch, nxt, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest")]
+            ch = nxt
+        layers += [nn.Conv2d(ch, out_channels, 3, padding=1)] + ([nn.Tanh()] if bounded else [])
+        self.convs = nn.Sequential(*layers)
+
+    def forward(self, z):
+        h = self.fc(z).view(-1, self.width, self.side, self.side)
+        return self.convs(h)
+
+
+class ImpactX(nn.Module):
+    """IMPACTX: M (frozen, from stage 1) gives m; LEP gives z = sigmoid(FC512(...)); C classifies [m, z];
+    D(z) is the predicted attribution map. forward() returns logits (for pyfunc/registry);
+    explain() returns (logits, map) in one pass."""
+
+    def __init__(
+        self,
+        baseline: Classifier,
+        num_classes: int,
+        image_shape,
+        latent_dim: int = 512,
+        lam: float = 1.0,
+        target: Target = "max_abs",
+        decoder_width: int = 64,
+        map_loss: str = "mse",
+        decoder_input: str = "layernorm",
+        refresh: dict | None = None,
+    ):
+        super().__init__()
+        self.lam = lam  # λ, the weight of the map loss (a training setting: not in the state_dict)
+        # single-stage training: M is trained too, and the maps are refreshed from it (refresh_maps);
+        # {"every": epochs, "method": R, "cost": evaluations per image}. None: two-stage, M frozen.
+        self.refresh = refresh
+        self.target = target  # how the batch's max-abs scaled maps become regression targets
+        self.map_loss = map_loss  # mse | pearson
+        c, h, _ = image_shape
+        self.normalize = baseline.normalize
+        self.m = baseline.backbone
+        for p in self.m.parameters():
+            p.requires_grad_(refresh is not None)
+        head = self.m.head
+        assert isinstance(head, nn.Linear)  # every registered backbone ends in one FC
+        in_features = head.in_features
+        self.lep = with_new_head(self.m, nn.Sequential(nn.Linear(in_features, latent_dim), nn.Sigmoid()))
+        for p in self.lep.parameters():
+            p.requires_grad_(True)
+        self.decoder = Decoder(
+            latent_dim, c, h, decoder_width, bounded=target == "max_abs", normalize_input=decoder_input == "layernorm"
+        )
+        self.c = nn.Sequential(nn.Linear(num_classes + latent_dim, 256), nn.ReLU(), nn.Linear(256, num_classes))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.refresh is None:
+            self.m.eval()  # M is frozen: keep its batch-norm/dropout (if any) in inference mode
+        return self
+
+    def _logits_and_z(self, x):
+        xn = self.normalize(x)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.refresh is not None):
+            m = self.m(xn)  # N×K; frozen in two-stage training
+        z = self.lep(xn)  # N×latent_dim, in (0, 1)
+        return self.c(torch.cat([m, z], dim=1)), z
+
+    def explain(self, x):
+        logits, z = self._logits_and_z(x)
+        return logits, self.decoder(z)  # N×K, N×C×H×W
+
+    def forward(self, x):  # the class alone skips the decoder: SHAP and MoRF of this model call it often
+        return self._logits_and_z(x)[0]
+
+    def refresh_maps(self, epoch: int, x: torch.Tensor, y, device) -> torch.Tensor | None:
+        """Single-stage training: at the start of epochs 1 + k·every (k ≥ 1), the scaled maps R(A, x, y) of
+        the current A = M(normalise(x)) for the training images x; None when no refresh is due (or λ = 0:
+        nothing reads the maps)."""
+        r = self.refresh
+        if r is None or self.lam == 0 or epoch == 1 or (epoch - 1) % r["every"]:
+            return None
+        a = nn.Sequential(self.normalize, self.m)  # A: the classifier whose maps the decoder learns
+        spec = attribution.Spec.default(r["method"], cost=r["cost"], batch_size=512)
+        maps = attribution.attribute(a, x, y, spec, seed=epoch, device=device)
+        return scale_maps(torch.from_numpy(maps))
+
+    def loss(self, x, y, r) -> dict:
+        logits, r_hat = self.explain(x)  # N×K, N×C×H×W
+        if self.target == "standardize":
+            r = standardize(r)
+        total, ce, m = impactx_loss(logits, y, r_hat, r, self.lam, self.map_loss)
+        return {"loss": total, "ce": ce, self.map_loss: m}
+
+
+def pearson_loss(map_pred, map_target):
+    """1 − the mean over images of the Pearson correlation over C·H·W: what fidelity measures, blind to
+    each map's offset and scale."""
+    p, t = map_pred.flatten(1), map_target.flatten(1)
+    p, t = p - p.mean(1, keepdim=True), t - t.mean(1, keepdim=True)
+    return 1 - ((p * t).sum(1) / (p.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-8)).mean()
+
+
+def impactx_loss(logits, y, map_pred, map_target, lam: float, map_loss: str = "mse"):
+    """L = CE(y, C(m, z)) + λ·MSE(r, D(LEP(x))) (or λ·pearson_loss); returns (total, ce, map loss)."""
+    ce = F.cross_entropy(logits, y)
+    m = F.mse_loss(map_pred, map_target) if map_loss == "mse" else pearson_loss(map_pred, map_target)
+    return ce + lam * m, ce, m
+
+
+def build_impactx(baseline: Classifier, info: DatasetInfo, settings: ImpactxParams) -> ImpactX:
+    return ImpactX(
+        baseline, info.num_classes, info.image_shape, settings.latent_dim, settings.lambda_, settings.target,
+        settings.decoder_width, settings.map_loss, settings.decoder_input,
+        None if settings.training == "two_stage" else
+        {"every": settings.refresh_every, "method": settings.refresh_method, "cost": settings.refresh_cost},
+    )  # fmt: skip
+
+
+@register("impactx", label="IMPACTX", map_kind="D(LEP(x))", params=ImpactxParams)
+def impactx(stage1: Stage1, settings: ImpactxParams):
+    return build_impactx(stage1.baseline(), stage1.info, settings)
