@@ -10,6 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from impactx import layout, methods
+from impactx.compare import mean_curves
+from impactx.evaluation import morf_subset
 from impactx.io import atomic_write
 
 
@@ -76,10 +79,6 @@ def morf_plot(fractions: np.ndarray, curves: dict[str, np.ndarray], aopcs: dict[
 def comparison_figures(ds, records: list[dict], rows: list[str], params) -> None:
     """The compare stage's figures: the first seed's maps of every method on the first MoRF images, and
     the mean MoRF curves (AOPC in the legend), where layout puts them."""
-    from impactx import layout, methods
-    from impactx.compare import mean_curves
-    from impactx.evaluation import morf_subset
-
     idx, x = morf_subset(ds, params)
     seed, n = params.seeds[0], min(params.evaluate.figure_images, len(idx))
     maps = {methods.get(m).label: np.load(layout.result_maps(m, seed))["maps"][:n].astype(np.float32) for m in rows}

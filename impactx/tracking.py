@@ -28,9 +28,11 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from impactx import ImpactXError
+from impactx import ImpactXError, methods
 from impactx.config import Params
+from impactx.data import to_float
 from impactx.io import exclusive_lock
+from impactx.train import accuracy
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +275,7 @@ def log_model(checkpoint: Path, info, model_params, example: np.ndarray, registe
 
     from mlflow.models import infer_signature
 
-    from impactx import serving
+    from impactx import serving  # pandas and mlflow.pyfunc: loaded only by the stages that log a model
 
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = serving.write_artifacts(Path(tmp), info, model_params, checkpoint)
@@ -308,9 +310,6 @@ def log_evaluation(record: dict, ds, params: Params, device, checkpoint: Path) -
     """The evaluate stage's MLflow part: the metrics (with the explain() latency against post-hoc SHAP),
     the model as an explaining pyfunc (log_model) with its weights-only checkpoint beside it, and its
     registry version, promoted to champion when its validation accuracy beats the champion's."""
-    from impactx.data import to_float
-    from impactx.train import accuracy
-
     metrics = {k: record[k] for k in ("test_accuracy", "val_accuracy", "aopc", "aopc_random")}
     for m, scores in record.get("faithfulness", {}).items():  # same-model faithfulness: own, shap, random
         metrics |= {f"{m}_{k}": scores[k] for k in ("aopc", "aopc_lerf", "srg")}
@@ -328,8 +327,6 @@ def log_evaluation(record: dict, ds, params: Params, device, checkpoint: Path) -
         split_id = hashlib.sha256(ds.val.x.tobytes() + ds.val.y.tobytes()).hexdigest()[:16]
 
         def score_checkpoint(path: Path) -> float:  # weights only: no code of the champion's runs here
-            from impactx import methods
-
             return accuracy(methods.load(path, ds.info, params.model)[1], ds.val, device)
 
         promote_if_better(

@@ -21,6 +21,13 @@ from impactx.data import DatasetInfo
 from impactx.model import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per xdist worker, and per stage process it starts (they inherit the environment): with
+    # as many workers as cores, torch's default threads would oversubscribe them, several times slower.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    torch.set_num_threads(1)
 TRACKED = [
     "dvc.yaml",
     "params.yaml",

@@ -67,7 +67,7 @@ def resolve_tracking_uri(given: str | None) -> str | None:
     if Path("params.yaml").exists():
         import yaml
 
-        from impactx.tracking import tracking_uri
+        from impactx.tracking import tracking_uri  # here, not at the top: `impactx --help` stays instant
 
         uri = ((yaml.safe_load(Path("params.yaml").read_text()) or {}).get("mlflow") or {}).get("tracking_uri")
         return tracking_uri(uri) if uri else None
@@ -97,7 +97,7 @@ def load_model(uri: str, tracking: str | None, device: str):
 
 
 def explain(args) -> None:
-    from impactx.figures import explanation_figure
+    from impactx.figures import explanation_figure  # matplotlib: loaded when a command needs it
 
     files = image_files(args.images)
     model, shape = load_model(args.model, resolve_tracking_uri(args.tracking_uri), args.device)

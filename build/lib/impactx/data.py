@@ -205,7 +205,7 @@ def _resize(split: Split, size: int | None) -> Split:
         return split
     out = []
     for i in range(0, len(split.x), 1024):
-        chunk = torch.from_numpy(split.x[i : i + 1024]).float()
+        chunk = torch.tensor(split.x[i : i + 1024], dtype=torch.float32)  # a copy: x may be read-only
         chunk = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out.append(chunk.round().clamp(0, 255).to(torch.uint8).numpy())
     return Split(np.concatenate(out), split.y)

@@ -28,6 +28,7 @@ import yaml
 
 from impactx import ImpactXError, layout
 from impactx.io import save_json
+from impactx.params import parse_params
 
 RECIPES = Path("studies/recipes")
 PROVENANCE = "provenance"  # the key of a result JSON that says where it came from
@@ -76,8 +77,6 @@ def command(name: str, root: Path = Path(".")) -> list[str]:
 
 def check(name: str, root: Path = Path(".")) -> None:
     """The recipe's overrides applied to params.yaml validate: a renamed key fails here, not hours in."""
-    from impactx.params import parse_params
-
     raw = yaml.safe_load((root / "params.yaml").read_text()) or {}
     for key, v in load(name, root).get("set", {}).items():
         node = raw

@@ -33,6 +33,8 @@ from impactx import ImpactXError, layout
 from impactx.config import ModelParams, TrainParams
 from impactx.data import DatasetInfo
 from impactx.io import save_torch
+from impactx.maps import load_scaled_maps
+from impactx.model import build_baseline
 
 
 @dataclass
@@ -51,8 +53,6 @@ class Stage1:
         (for the baseline, which is stage 1)."""
         if not built_on_stage1:
             return cls(ds.info, model)
-        from impactx.maps import load_scaled_maps
-
         checkpoint = layout.model("baseline", seed)
         if not checkpoint.exists():
             raise ImpactXError(f"{checkpoint} not found: run stage 1 first (dvc repro baseline@{seed})")
@@ -63,8 +63,6 @@ class Stage1:
 
     def baseline(self, trained: bool = True):
         """A from its checkpoint; trained=False: A's seeded initial weights (call seed_everything first)."""
-        from impactx.model import build_baseline
-
         return build_baseline(self.model, self.info, checkpoint=self.checkpoint if trained else None)
 
 
