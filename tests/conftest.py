@@ -215,3 +215,13 @@ def offline(monkeypatch):
 
     monkeypatch.setattr(cifar, "download_and_extract_archive", fail)
     monkeypatch.setattr(stl10, "download_and_extract_archive", fail)
+
+
+# The longest files first: with `pytest -n auto --dist loadfile` a worker takes a whole file, so starting
+# the longest chains early keeps the other workers busy with the short files meanwhile.
+LONGEST_FIRST = ("test_pipeline.py", "test_flows.py", "test_faults.py", "test_tracking.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order

@@ -2,6 +2,7 @@
 code deps are its entry point's import closure, and the built wheel holds every module."""
 
 import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -88,9 +89,14 @@ def test_stages_that_compute_maps_depend_on_the_attribution_method_they_run():
 
 
 def test_the_wheel_holds_every_module_and_imports_outside_the_checkout(tmp_path):
-    """`pip install .` ships the registries' packages (impactx/methods, impactx/attribution) too."""
+    """`pip install .` ships the registries' packages (impactx/methods, impactx/attribution) too. Built
+    from a copy of the sources: setuptools writes build/ and *.egg-info beside them."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "impactx", src / "impactx", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True)  # fmt: skip
+                    str(tmp_path), str(src)], check=True, capture_output=True)  # fmt: skip
     wheel = next(tmp_path.glob("impactx-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {str(p.relative_to(REPO)) for p in (REPO / "impactx").rglob("*.py") if "__pycache__" not in p.parts}
