@@ -97,6 +97,15 @@ class DaskTLS(Section):
     key: str  # its private key
 
 
+class InferenceParams(Section):
+    """How forward-only model passes run (impactx.inference): the SHAP maps of the attribution, teacher
+    and evaluate stages. float32 eager is exact; the rest trade exactness for speed."""
+
+    compile: bool = False  # torch.compile (inductor), cached in .cache/torchinductor; eager on failure
+    dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast, outputs back in float32
+    channels_last: bool = False  # NHWC memory format for the images and the weights
+
+
 class ShardParams(Section):
     """Where the attribution stage computes its shards (impactx.shards): only the speed depends on these."""
 
@@ -141,6 +150,7 @@ class CoreParams(Section):
     recipe: RecipeParams = RecipeParams()
     attribution: AttributionParams = AttributionParams()
     shards: ShardParams = ShardParams()
+    inference: InferenceParams = InferenceParams()
     evaluate: EvaluateParams = EvaluateParams()
 
     @field_validator("seeds")

@@ -64,7 +64,7 @@ def post_hoc_spec(params: Params) -> Spec:
     """What post_hoc_shap runs: the same SHAP for every model, whatever R made the training maps."""
     shap = params.attribution.shap_partition  # type: ignore[attr-defined]
     options = shap.model_copy(update={"max_evals": params.evaluate.shap_max_evals})
-    return Spec("shap_partition", options, params.attribution.batch_size)
+    return Spec("shap_partition", options, params.attribution.batch_size, params.inference)
 
 
 def _seconds(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:

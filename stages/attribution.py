@@ -28,7 +28,7 @@ def runner(p):
 def main():
     seed = stage_args(__doc__).seed
     params = load_params()
-    spec = attribution.Spec.of(params.attribution)
+    spec = attribution.Spec.of(params.attribution, params.inference)
     ds = data.load(layout.PREPARED)
     model, explained = explained_model(params, ds.info, seed)
     with tracking.stage_run(f"attribution@{seed}", params, seed=seed):

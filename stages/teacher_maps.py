@@ -17,7 +17,7 @@ def main():
     ds = data.load(layout.PREPARED)
     model, explained = explained_model(params, ds.info, seed)
     idx, x = morf_subset(ds, params)
-    spec = attribution.Spec.of(params.attribution)
+    spec = attribution.Spec.of(params.attribution, params.inference)
     maps = attribution.attribute(model, x, ds.test.y[idx], spec, seed=attribution.map_seed(params, seed),
                                  device=resolve_device(params.device))  # fmt: skip
     save_npy(layout.teacher_maps(seed), maps)

@@ -182,6 +182,10 @@ def changed_stages(root) -> set[str]:
             {"attribution": {"method": "integrated_gradients"}},
             {"attribution@0", "attribution@1", "teacher@0", "teacher@1", "compare", CHECK},
         ),
+        (  # the SHAP maps' forward passes: training maps, teacher maps, post-hoc SHAP of every method
+            {"inference": {"dtype": "bfloat16"}},
+            {"attribution@0", "attribution@1", "teacher@0", "teacher@1", CHECK, *(evaluate_stage(m) for m in ROWS)},
+        ),
     ],
 )
 def test_a_method_setting_changes_only_that_methods_stages(project, change, expected):

@@ -38,7 +38,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from impactx import ImpactXError
-from impactx.config import Section
+from impactx.config import InferenceParams, Section
+from impactx.inference import prepare
 
 
 class NoSettings(Section):
@@ -71,6 +72,7 @@ class Attribution:
     cost: str | None  # the setting that counts model evaluations per image (None: one)
     compute: Callable[..., np.ndarray]  # (model, images, targets, options, run) -> float32 N×C×H×W
     module: str
+    forward_only: bool = False  # no gradients: the forward passes run as Spec.inference says
 
     def evals(self, options: BaseModel) -> int:
         """Model evaluations per image: the unit of the progress bar's rate."""
@@ -80,14 +82,23 @@ class Attribution:
 REGISTRY: dict[str, Attribution] = {}
 
 
-def register(name: str, *, label: str, explainer: str, settings: type[BaseModel] = NoSettings, cost: str | None = None):
+def register(
+    name: str,
+    *,
+    label: str,
+    explainer: str,
+    settings: type[BaseModel] = NoSettings,
+    cost: str | None = None,
+    forward_only: bool = False,
+):
     """Decorate an R `(model, images, targets, options, run) -> np.ndarray`; `cost` names the field of
-    `settings` that counts its model evaluations per image."""
+    `settings` that counts its model evaluations per image; `forward_only` says it takes no gradients, so
+    its model runs as params.yaml's `inference:` says (compiled, bfloat16, channels_last)."""
 
     def deco(fn):
         if cost is not None and cost not in settings.model_fields:
             raise TypeError(f"attribution '{name}': cost '{cost}' is not a field of {settings.__name__}")
-        REGISTRY[name] = Attribution(name, label, explainer, settings, cost, fn, fn.__module__)
+        REGISTRY[name] = Attribution(name, label, explainer, settings, cost, fn, fn.__module__, forward_only)
         return fn
 
     return deco
@@ -130,11 +141,13 @@ class Spec:
     method: str
     options: BaseModel
     batch_size: int = 500
+    inference: InferenceParams | None = None  # how a forward-only R's passes run; None: float32 eager
 
     @classmethod
-    def of(cls, section) -> Spec:
-        """From params.yaml's `attribution` section: its method, attribution.<method>, its batch_size."""
-        return cls(section.method, getattr(section, section.method), section.batch_size)
+    def of(cls, section, inference: InferenceParams | None = None) -> Spec:
+        """From params.yaml's `attribution` section (its method, attribution.<method>, its batch_size) and
+        its `inference` section."""
+        return cls(section.method, getattr(section, section.method), section.batch_size, inference)
 
     @classmethod
     def default(cls, method: str, cost: int | None = None, batch_size: int = 500) -> Spec:
@@ -151,7 +164,10 @@ class Spec:
 
     def describe(self) -> dict:
         """The settings that made the maps, for maps.json: method, its options, batch_size."""
-        return {"method": self.method, **self.options.model_dump(), "batch_size": self.batch_size}
+        out = {"method": self.method, **self.options.model_dump(), "batch_size": self.batch_size}
+        if self.attribution.forward_only and self.inference not in (None, InferenceParams()):
+            out["inference"] = self.inference.model_dump()
+        return out
 
 
 def attribute(
@@ -177,7 +193,8 @@ def attribute(
                          f"{len(targets)} targets)")  # fmt: skip
     device = device or next(model.parameters()).device
     run = Run(seed, first_index, device, spec.batch_size, progress)
-    return r.compute(model.to(device).eval(), images, targets, spec.options, run)
+    net = prepare(model, spec.inference if r.forward_only else None, device)
+    return r.compute(net, images, targets, spec.options, run)
 
 
 class Progress:

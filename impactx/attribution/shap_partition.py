@@ -40,7 +40,7 @@ class ShapPartitionSettings(Section):
         return v
 
 
-@register("shap_partition", label="SHAP", settings=ShapPartitionSettings, cost="max_evals",
+@register("shap_partition", label="SHAP", settings=ShapPartitionSettings, cost="max_evals", forward_only=True,
           explainer="impactx.attribution.shap_partition (values of shap.PartitionExplainer)")  # fmt: skip
 def shap_partition(model, images, targets, options: ShapPartitionSettings, run: Run) -> np.ndarray:
     """Image i breaks priority ties with np.random.RandomState([run.seed, run.first_index + i]); equal to

@@ -1,0 +1,64 @@
+"""One inference path for forward-only passes, as params.yaml's `inference:` section sets it: torch.compile
+(inductor), bfloat16 autocast, channels_last. `prepare(model, settings, device)` returns a module with the
+model's call shape (float images N×C×H×W → float32 logits N×K).
+
+- float32 eager (the default) returns the model itself: the values are exactly those of before.
+- bfloat16 runs the model under autocast on the device (CPU or CUDA) and returns float32 logits.
+- compile uses torch.compile with inductor, its kernels cached in layout.COMPILE_CACHE across processes
+  (unless TORCHINDUCTOR_CACHE_DIR names another folder). Where compilation fails (no C compiler, an op
+  inductor cannot lower), one warning line and the eager model: never a crash."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import cast
+
+import torch
+from torch import nn
+
+from impactx import layout
+from impactx.config import InferenceParams
+
+log = logging.getLogger(__name__)
+
+
+class Prepared(nn.Module):
+    """The model run as `settings` say; calls fall back to eager for good if the compiled one fails."""
+
+    def __init__(self, model: nn.Module, settings: InferenceParams, device: torch.device):
+        super().__init__()
+        self.model, self.settings, self.device_type = model, settings, device.type
+        if settings.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.compiled: nn.Module | None = None
+        if settings.compile:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(layout.COMPILE_CACHE.resolve()))
+            self.compiled = cast(nn.Module, torch.compile(self.model))  # compiles on its first call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.settings.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.compiled is None:
+            return self._forward(self.model, x)
+        try:
+            return self._forward(self.compiled, x)
+        except Exception as e:  # inductor raises many types; the eager model's own errors are re-raised
+            log.warning("inference.compile: torch.compile failed (%s: %s); running eager", type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else "")  # fmt: skip
+            self.compiled = None
+            return self._forward(self.model, x)
+
+    def _forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        bf16 = self.settings.dtype == "bfloat16"
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=bf16):
+            return net(x).float()
+
+
+def prepare(model: nn.Module, settings: InferenceParams | None, device: torch.device | None = None) -> nn.Module:
+    """`model` (in eval mode, on `device`) as `settings` run it; the model itself for float32 eager."""
+    device = device or next(model.parameters()).device
+    model = model.to(device).eval()
+    if settings is None or settings == InferenceParams():
+        return model
+    return Prepared(model, settings, device).eval()
