@@ -64,10 +64,27 @@ def test_a_failing_compile_warns_once_and_runs_eager(monkeypatch, caplog):
     ]
 
 
-def test_compiled_float32_matches_eager(tmp_path, monkeypatch):
+def test_compiled_float32_matches_eager_and_compiles_a_bounded_number_of_graphs(tmp_path, monkeypatch):
+    """The SHAP engine's rounds vary in rows: torch.compile's first graph is static, the second dynamic in
+    the batch size, and then nothing recompiles, within a call or in the next one."""
+    from torch._dynamo.utils import counters
+
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch._dynamo.reset()
+    counters.clear()
     net = inference.prepare(tiny_model(), InferenceParams(compile=True))
     assert (probs(net) - probs(tiny_model())).abs().max() < 1e-5
+    y = np.arange(len(X)) % 4
+    exact_spec = shap_spec(max_evals=200)
+    exact = attribute(tiny_model(), X, y, exact_spec, seed=0)
+    spec = Spec(exact_spec.method, exact_spec.options, exact_spec.batch_size, InferenceParams(compile=True))
+    model = tiny_model()
+    compiled = attribute(model, X, y, spec, seed=0)
+    graphs = counters["stats"]["unique_graphs"]
+    assert np.abs(compiled - exact).max() <= 1e-5 * np.abs(exact).max()
+    assert graphs <= 2  # probs(net)'s static graph, then one dynamic in the batch size for every round
+    again = attribute(model, X, y, spec, seed=0)
+    assert counters["stats"]["unique_graphs"] == graphs and np.array_equal(again, compiled)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
