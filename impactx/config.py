@@ -105,6 +105,11 @@ class InferenceParams(Section):
     dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast, outputs back in float32
     channels_last: bool = False  # NHWC memory format for the images and the weights
 
+    @property
+    def exact(self) -> bool:
+        """float32 eager: the model as it is, the values of before."""
+        return self == InferenceParams()
+
 
 class ShardParams(Section):
     """Where the attribution stage computes its shards (impactx.shards): only the speed depends on these."""

@@ -86,11 +86,15 @@ def timed_post_hoc_shap(model, x, pred, seed: int, params: Params, device) -> tu
     cuts = [0, *np.minimum(np.cumsum(LATENCY_IMAGES), len(x)).tolist(), len(x)]
     parts: list[torch.Tensor] = []
     seconds: dict[int, float] = {}
-    bar = Progress(len(x), post_hoc_spec(params), desc="post-hoc SHAP")
+    spec = post_hoc_spec(params)
+    bar = Progress(len(x), spec, desc="post-hoc SHAP")
     for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
         if b > a:
-            t, maps = _seconds(partial(post_hoc_shap, model, x[a:b], pred[a:b], seed, params, device, a, bar), device)
-            parts.append(maps)
+            run = partial(
+                attribute, model, x[a:b], pred[a:b], spec, seed=seed, first_index=a, device=device, progress=bar
+            )
+            t, maps = _seconds(run, device)
+            parts.append(torch.from_numpy(maps))
             if i < len(LATENCY_IMAGES):
                 seconds[b - a] = t
     bar.close()

@@ -28,6 +28,16 @@ def agreement(maps: np.ndarray, teacher: np.ndarray, top_fraction: float = 0.1) 
     return {"pearson": float(np.mean(pearson)), "spearman": float(np.mean(spearman)), "iou_top": float(np.mean(iou))}
 
 
+def per_map_pearson(maps: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each map with its counterpart (both N×...), over its values; NaN where
+    either is constant. How close two attribution runs are (bfloat16 against float32, say)."""
+    a, b = maps.reshape(len(maps), -1).astype(np.float64), other.reshape(len(other), -1).astype(np.float64)
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    norms = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, (a * b).sum(1) / norms, np.nan)
+
+
 def _corr(u: np.ndarray, v: np.ndarray) -> float:
     """Pearson correlation; 0 when either map is constant (it ranks nothing)."""
     su, sv = u.std(), v.std()

@@ -59,6 +59,6 @@ def prepare(model: nn.Module, settings: InferenceParams | None, device: torch.de
     """`model` (in eval mode, on `device`) as `settings` run it; the model itself for float32 eager."""
     device = device or next(model.parameters()).device
     model = model.to(device).eval()
-    if settings is None or settings == InferenceParams():
+    if settings is None or settings.exact:
         return model
     return Prepared(model, settings, device).eval()

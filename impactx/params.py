@@ -20,9 +20,7 @@ class _CheckedAttribution(AttributionParams):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
-        if v not in attribution.names():
-            raise ValueError(f"'{v}' is not an attribution method: use one of {attribution.names()}")
-        return v
+        return attribution.check_name(v)
 
 
 class _CheckedParams(CoreParams):

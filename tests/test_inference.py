@@ -12,6 +12,7 @@ from conftest import shap_spec, tiny_model
 from impactx import inference
 from impactx.attribution import Spec, attribute
 from impactx.config import InferenceParams
+from impactx.fidelity import per_map_pearson
 
 X = torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
@@ -87,12 +88,6 @@ def test_compiled_float32_matches_eager_and_compiles_a_bounded_number_of_graphs(
     assert counters["stats"]["unique_graphs"] == graphs and np.array_equal(again, compiled)
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
-
-
 def test_bfloat16_shap_maps_stay_close_to_float32():
     """The maps of the attribution stage through bfloat16 autocast: per-map Pearson and the largest
     difference as a fraction of the largest |value|, against the exact float32 maps."""
@@ -101,7 +96,7 @@ def test_bfloat16_shap_maps_stay_close_to_float32():
     exact = attribute(tiny_model(), X, y, exact_spec, seed=0)
     bf16 = Spec(exact_spec.method, exact_spec.options, exact_spec.batch_size, InferenceParams(dtype="bfloat16"))
     fast = attribute(tiny_model(), X, y, bf16, seed=0)
-    assert pearson(exact, fast).min() > 0.99
+    assert per_map_pearson(exact, fast).min() > 0.99
     assert np.abs(exact - fast).max() / np.abs(exact).max() < 0.1
     assert bf16.describe()["inference"] == {"compile": False, "dtype": "bfloat16", "channels_last": False}
     assert "inference" not in exact_spec.describe()  # float32 eager: maps.json as before

@@ -128,6 +128,13 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
+def check_name(v: str) -> str:
+    """A pydantic validator's body for a field that names an R (attribution.method, refresh_method)."""
+    if v not in names():
+        raise ValueError(f"'{v}' is not an attribution method: use one of {names()}")
+    return v
+
+
 def sections() -> dict[str, type[BaseModel]]:
     """attribution.<name> → schema, for impactx.params."""
     _discover()
@@ -165,7 +172,7 @@ class Spec:
     def describe(self) -> dict:
         """The settings that made the maps, for maps.json: method, its options, batch_size."""
         out = {"method": self.method, **self.options.model_dump(), "batch_size": self.batch_size}
-        if self.attribution.forward_only and self.inference not in (None, InferenceParams()):
+        if self.attribution.forward_only and self.inference is not None and not self.inference.exact:
             out["inference"] = self.inference.model_dump()
         return out
 

@@ -42,9 +42,7 @@ class ImpactxParams(TrainParams):
     @field_validator("refresh_method")
     @classmethod
     def _refresh_method(cls, v: str) -> str:
-        if v not in attribution.names():
-            raise ValueError(f"'{v}' is not an attribution method: use one of {attribution.names()}")
-        return v
+        return attribution.check_name(v)
 
 
 def standardize(r: torch.Tensor) -> torch.Tensor:
