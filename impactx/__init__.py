@@ -8,6 +8,7 @@ tests/test_architecture.py fails on a cycle):
     data         data sources, the fixed, seeded train/val/test split, DatasetInfo
     backbones    registry of feature extractors M (LeNet-5, cnn3, MobileNetV2, EfficientNet-B2) and their weights
     model        the baseline classifier A = M(normalise(x))
+    inference    how forward-only passes run: torch.compile, bfloat16 autocast, channels_last, fixed batches
     owen         Partition SHAP for many images at once
     attribution/ the registry of attribution methods R, one module each (shap_partition,
                  integrated_gradients, gradient_shap, deeplift), one call shape: attribute(model, x, y, spec)

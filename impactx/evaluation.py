@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from impactx import morf
+from impactx import inference, morf
 from impactx.attribution import Progress, Spec, attribute
 from impactx.config import Params
 from impactx.data import Dataset, to_float
 from impactx.fidelity import fidelity
 from impactx.methods import Method
-from impactx.train import accuracy, inference_batch_size, predict_logits
+from impactx.train import accuracy, predict_logits
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ def morf_subset(ds: Dataset, params: Params) -> tuple[np.ndarray, torch.Tensor]:
 def explain_batched(model, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Predictions and maps of a model with explain(): one forward pass per batch, no explainer."""
     model.to(device).eval()
-    bs = inference_batch_size(device)
+    bs = inference.batch_size(device)
     parts = [model.explain(x[i : i + bs].to(device)) for i in range(0, len(x), bs)]
     return torch.cat([lg.argmax(1).cpu() for lg, _ in parts]), torch.cat([m.float().cpu() for _, m in parts])
 

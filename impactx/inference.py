@@ -5,8 +5,11 @@ model's call shape (float images N×C×H×W → float32 logits N×K).
 - float32 eager (the default) returns the model itself: the values are exactly those of before.
 - bfloat16 runs the model under autocast on the device (CPU or CUDA) and returns float32 logits.
 - compile uses torch.compile with inductor, its kernels cached in layout.COMPILE_CACHE across processes
-  (unless TORCHINDUCTOR_CACHE_DIR names another folder). Where compilation fails (no C compiler, an op
-  inductor cannot lower), one warning line and the eager model: never a crash."""
+  (unless TORCHINDUCTOR_CACHE_DIR names another folder). The compiled graph has one fixed batch shape
+  (`batch`, batch_size(device) by default): a call with fewer rows is padded to it, one with more runs in
+  chunks of it, so nothing recompiles in a process whatever batches the callers send (the SHAP engine's
+  rounds, a loader's last batch). Where compilation fails (no C compiler, an op inductor cannot lower),
+  one warning line and the eager model: never a crash."""
 
 from __future__ import annotations
 
@@ -23,18 +26,24 @@ from impactx.config import InferenceParams
 log = logging.getLogger(__name__)
 
 
+def batch_size(device: torch.device) -> int:
+    """Rows per forward-only pass: large on a GPU to keep it busy, moderate on a CPU to stay in cache."""
+    return 4096 if device.type == "cuda" else 512
+
+
 class Prepared(nn.Module):
     """The model run as `settings` say; calls fall back to eager for good if the compiled one fails."""
 
-    def __init__(self, model: nn.Module, settings: InferenceParams, device: torch.device):
+    def __init__(self, model: nn.Module, settings: InferenceParams, device: torch.device, batch: int | None = None):
         super().__init__()
         self.model, self.settings, self.device_type = model, settings, device.type
+        self.batch = batch or batch_size(device)  # the compiled graph's rows
         if settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.compiled: nn.Module | None = None
         if settings.compile:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(layout.COMPILE_CACHE.resolve()))
-            self.compiled = cast(nn.Module, torch.compile(self.model))  # compiles on its first call
+            self.compiled = cast(nn.Module, torch.compile(self.model, dynamic=False))  # on its first call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.settings.channels_last and x.ndim == 4:
@@ -42,12 +51,25 @@ class Prepared(nn.Module):
         if self.compiled is None:
             return self._forward(self.model, x)
         try:
-            return self._forward(self.compiled, x)
+            return self._fixed_batches(self.compiled, x)
         except Exception as e:  # inductor raises many types; the eager model's own errors are re-raised
             log.warning("inference.compile: torch.compile failed (%s: %s); running eager", type(e).__name__,
                         str(e).splitlines()[0] if str(e) else "")  # fmt: skip
             self.compiled = None
             return self._forward(self.model, x)
+
+    def _fixed_batches(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """net(x) in chunks of exactly self.batch rows, the last padded with copies of its last row."""
+        n, b = len(x), self.batch
+        if n == b:
+            return self._forward(net, x)
+        out = []
+        for lo in range(0, n, b):
+            chunk = x[lo : lo + b]
+            if len(chunk) < b:
+                chunk = torch.cat([chunk, chunk[-1:].expand(b - len(chunk), *chunk.shape[1:])])
+            out.append(self._forward(net, chunk))
+        return torch.cat(out)[:n]
 
     def _forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         bf16 = self.settings.dtype == "bfloat16"
@@ -55,10 +77,13 @@ class Prepared(nn.Module):
             return net(x).float()
 
 
-def prepare(model: nn.Module, settings: InferenceParams | None, device: torch.device | None = None) -> nn.Module:
-    """`model` (in eval mode, on `device`) as `settings` run it; the model itself for float32 eager."""
+def prepare(
+    model: nn.Module, settings: InferenceParams | None, device: torch.device | None = None, batch: int | None = None
+) -> nn.Module:
+    """`model` (in eval mode, on `device`) as `settings` run it; the model itself for float32 eager.
+    `batch`: the compiled graph's rows (batch_size(device) if None), to match the caller's batches."""
     device = device or next(model.parameters()).device
     model = model.to(device).eval()
     if settings is None or settings.exact:
         return model
-    return Prepared(model, settings, device).eval()
+    return Prepared(model, settings, device, batch).eval()

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from impactx import inference
 from impactx.io import save_npz
 
 
@@ -217,6 +218,7 @@ class _Pool:
         self.bg = torch.zeros(pool, self.m, device=device)
         self.store = torch.zeros(pool * self.capacity, self.m, dtype=torch.bool, device=device)
         self.target = torch.zeros(pool, dtype=torch.long, device=device)
+        self.masked = torch.empty(forward_batch, self.m, device=device)  # one forward chunk's masked images
         self.queue = empty_queue()
         self.out = np.empty((n, c, h, w), np.float32)
         self.next_image = 0
@@ -263,29 +265,37 @@ class _Pool:
         m01 = m10 + 1
         if len(p_slot):
             dev = self.device
-            rows = torch.from_numpy(np.stack([m10, m01], 1).ravel()).to(dev)
-            self.store[rows] = self.store[torch.from_numpy(np.repeat(popped["mask"], 2)).to(dev)]
+            rows = np.stack([m10, m01], 1).ravel()
+            parents = torch.from_numpy(np.repeat(popped["mask"], 2)).to(dev)
+            self.store.index_copy_(0, torch.from_numpy(rows).to(dev), self.store.index_select(0, parents))
             r, cols = self.tree.columns(np.stack([self.tree.left[p_node], self.tree.right[p_node]], 1).ravel())
-            self.store[rows[torch.from_numpy(r).to(dev)], torch.from_numpy(cols).to(dev)] = True
+            flat = torch.from_numpy(rows[r] * self.m + cols).to(dev)  # (row, column) of each box feature
+            self.store.view(-1).index_fill_(0, flat, True)
         self.used += 2 * counts
         self.evals += 2 * counts
         return m10, m01
 
     def forward(self, rows_slot: np.ndarray, rows_mask: np.ndarray) -> np.ndarray:
-        """p_target of the masked images (store rows rows_mask of slots rows_slot), in forward_batch chunks."""
+        """p_target of the masked images (store rows rows_mask of slots rows_slot), in forward_batch chunks.
+        Rows come grouped by slot: each run of one slot's rows is masked against its image and background
+        by broadcasting, with no per-row copy of either."""
         c, h, w = self.chw
-        result = np.empty(len(rows_slot))
+        masks = torch.from_numpy(rows_mask).to(self.device)
+        targets = self.target.index_select(0, torch.from_numpy(rows_slot).to(self.device))
+        result = torch.empty(len(rows_slot), dtype=torch.float64)
         for lo in range(0, len(rows_slot), self.forward_batch):
-            chunk = rows_slot[lo : lo + self.forward_batch]
-            s = torch.from_numpy(chunk).to(self.device)
-            keep = self.store[torch.from_numpy(rows_mask[lo : lo + self.forward_batch]).to(self.device)]
+            hi = min(lo + self.forward_batch, len(rows_slot))
+            keep = self.store.index_select(0, masks[lo:hi])
             if self.inpaint is None:
-                x = torch.where(keep, self.x[s], self.bg[s])
+                x, chunk = self.masked[: hi - lo], rows_slot[lo:hi]
+                starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
+                for a, b in zip(starts, np.r_[starts[1:], len(chunk)], strict=True):
+                    torch.where(keep[a:b], self.x[chunk[a]], self.bg[chunk[a]], out=x[a:b])
             else:
-                x = self.inpaint(keep, self.images_u8, chunk, self.chw).to(self.device)
+                x = self.inpaint(keep, self.images_u8, rows_slot[lo:hi], self.chw).to(self.device)
             p = torch.softmax(self.model(x.view(-1, c, h, w)).float(), dim=1)
-            result[lo : lo + len(s)] = p.gather(1, self.target[s, None])[:, 0].double().cpu().numpy()
-        return result
+            result[lo:hi] = p.gather(1, targets[lo:hi, None])[:, 0].cpu()
+        return result.numpy()
 
     def evaluate_round(self, popped: dict, m10: np.ndarray, m01: np.ndarray):
         """One forward for all images: new images' f(background) and f(x), then every popped pair."""
@@ -349,7 +359,8 @@ def owen_values(
     images_pool = _Pool(
         model, images, np.asarray(targets, dtype=np.int64), list(seeds), kind=kind, kernel=kernel,
         budget=max_evals - 2,  # shap spends 2 evaluations on f(background) and f(x)
-        pool=pool, forward_batch=forward_batch or (8192 if device.type == "cuda" else 512), device=device,
+        pool=pool, forward_batch=forward_batch or getattr(model, "batch", None) or inference.batch_size(device),
+        device=device,
         progress=progress,
     )  # fmt: skip
     p, tree = images_pool, images_pool.tree

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 from tqdm.auto import tqdm
 
-from impactx import ImpactXError
+from impactx import ImpactXError, inference
 from impactx.config import RecipeParams, TrainParams
 from impactx.data import Split, to_float
 
@@ -32,11 +32,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ImpactXError(f"device '{name}' asked for but CUDA is not available: set device: auto or cpu")
     return device
-
-
-def inference_batch_size(device: torch.device) -> int:
-    """Forward-only batch size: large on a GPU to keep it busy, moderate on CPU to stay in cache."""
-    return 4096 if device.type == "cuda" else 512
 
 
 def seed_everything(seed: int) -> None:
@@ -58,7 +53,7 @@ def make_loader(split: Split, batch_size: int, device: torch.device, *extra, shu
 @torch.no_grad()
 def predict_logits(model, x: torch.Tensor, device: torch.device) -> torch.Tensor:
     model.to(device).eval()
-    bs = inference_batch_size(device)
+    bs = inference.batch_size(device)
     return torch.cat([model(x[i : i + bs].to(device, non_blocking=True)).float().cpu() for i in range(0, len(x), bs)])
 
 
