@@ -108,7 +108,13 @@ class InferenceParams(Section):
     @property
     def exact(self) -> bool:
         """float32 eager: the model as it is, the values of before."""
-        return self == InferenceParams()
+        return not self.compile and self.dtype == "float32" and not self.channels_last
+
+
+class TrainingParams(InferenceParams):
+    """How every method's training step runs (impactx.train): model.loss and its backward compiled
+    (torch.compile, inductor), under bfloat16 autocast, in channels_last. The same three settings as
+    `inference:`; float32 eager (the default) is exact. A DVC param of the baseline and train stages."""
 
 
 class ShardParams(Section):
@@ -156,6 +162,7 @@ class CoreParams(Section):
     attribution: AttributionParams = AttributionParams()
     shards: ShardParams = ShardParams()
     inference: InferenceParams = InferenceParams()
+    training: TrainingParams = TrainingParams()
     evaluate: EvaluateParams = EvaluateParams()
 
     @field_validator("seeds")

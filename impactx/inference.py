@@ -26,6 +26,19 @@ from impactx.config import InferenceParams
 log = logging.getLogger(__name__)
 
 
+def compile_static(fn):
+    """torch.compile(fn) for fixed shapes (a graph per input shape, none dynamic), inductor's kernels cached
+    in layout.COMPILE_CACHE unless TORCHINDUCTOR_CACHE_DIR names another folder. Compiles on its first call."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(layout.COMPILE_CACHE.resolve()))
+    return torch.compile(fn, dynamic=False)
+
+
+def warn_eager(setting: str, e: Exception) -> None:
+    """The one line a failed compile gives before its caller runs eager."""
+    log.warning("%s: torch.compile failed (%s: %s); running eager", setting, type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "")  # fmt: skip
+
+
 def batch_size(device: torch.device) -> int:
     """Rows per forward-only pass: large on a GPU to keep it busy, moderate on a CPU to stay in cache."""
     return 4096 if device.type == "cuda" else 512
@@ -42,8 +55,7 @@ class Prepared(nn.Module):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.compiled: nn.Module | None = None
         if settings.compile:
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(layout.COMPILE_CACHE.resolve()))
-            self.compiled = cast(nn.Module, torch.compile(self.model, dynamic=False))  # on its first call
+            self.compiled = cast(nn.Module, compile_static(self.model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.settings.channels_last and x.ndim == 4:
@@ -53,8 +65,7 @@ class Prepared(nn.Module):
         try:
             return self._fixed_batches(self.compiled, x)
         except Exception as e:  # inductor raises many types; the eager model's own errors are re-raised
-            log.warning("inference.compile: torch.compile failed (%s: %s); running eager", type(e).__name__,
-                        str(e).splitlines()[0] if str(e) else "")  # fmt: skip
+            warn_eager("inference.compile", e)
             self.compiled = None
             return self._forward(self.model, x)
 

@@ -1,5 +1,7 @@
 """One training loop for every model (baseline A, IMPACTX, ABN, WAE): each owns its loss, model.loss(x, y, r).
-It keeps the weights of the best validation epoch and reports every epoch through `on_epoch`."""
+It keeps the weights of the best validation epoch and reports every epoch through `on_epoch`. The step runs
+as params.yaml's `training:` says (Step: compiled, bfloat16 autocast, channels_last); the validation
+accuracy that picks the epoch is always the eager float32 model's."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from tqdm.auto import tqdm
 
 from impactx import ImpactXError, inference
-from impactx.config import RecipeParams, TrainParams
+from impactx.config import RecipeParams, TrainingParams, TrainParams
 from impactx.data import Split, to_float
 
 log = logging.getLogger(__name__)
@@ -84,13 +86,42 @@ def augment(x: torch.Tensor, r: torch.Tensor | None, recipe: RecipeParams, gen: 
     return out[0], (out[1] if r is not None else None)
 
 
-def _fit(model, params, recipe: RecipeParams, train_loader, val_split, device, seed, on_epoch, desc: str, refresh=None):
+class Step:
+    """model.loss(x, y, r) as `settings` run it. compile: the loss and its backward through torch.compile
+    (one static graph per batch shape: the full batches and the last one); bfloat16: under autocast (the
+    weights, their gradients and Adam stay float32); channels_last: the images and weights in NHWC. A
+    compile that fails gives one warning line and the eager loss, never a crash."""
+
+    def __init__(self, model, settings: TrainingParams, device: torch.device):
+        self.model, self.settings, self.device_type = model, settings, device.type
+        if settings.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.loss = inference.compile_static(model.loss) if settings.compile else model.loss
+        self.compiled = settings.compile
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor | None) -> dict:
+        if self.settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.settings.dtype == "bfloat16"):
+            if not self.compiled:
+                return self.loss(x, y, r)
+            try:
+                return self.loss(x, y, r)
+            except Exception as e:  # inductor raises many types; the eager loss's own errors are re-raised
+                inference.warn_eager("training.compile", e)
+                self.loss, self.compiled = self.model.loss, False
+                return self.loss(x, y, r)
+
+
+def _fit(model, params, recipe: RecipeParams, train_loader, val_split, device, seed, on_epoch, desc: str, refresh=None,
+         engine: TrainingParams | None = None):  # fmt: skip
     opt = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=params.lr, weight_decay=params.weight_decay
     )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, params.epochs) if recipe.schedule == "cosine" else None
     gen = torch.Generator().manual_seed(seed + 1)  # augmentation draws: their own stream, from the seed
     best_acc, best_epoch, best_state, history = -1.0, 0, None, []
+    step = Step(model, engine or TrainingParams(), device)
     for epoch in range(1, params.epochs + 1):
         t0 = time.perf_counter()
         refresh_s = refresh(epoch) if refresh is not None else None  # single-stage: new maps first
@@ -102,7 +133,7 @@ def _fit(model, params, recipe: RecipeParams, train_loader, val_split, device, s
         ):
             x, y, *r = (t.to(device, non_blocking=True) for t in batch)  # r: the maps, when the method has them
             x, r = augment(x, r[0] if r else None, recipe, gen)
-            losses = model.loss(x, y, r)
+            losses = step(x, y, r)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             opt.step()
@@ -142,12 +173,13 @@ def train_model(
     maps: torch.Tensor | None = None,
     on_epoch: EpochHook | None = None,
     desc: str = "train",
+    engine: TrainingParams | None = None,
 ) -> dict:
     """Adam on the trainable parameters, with the recipe's augmentation, schedule and early stopping (none
     by default); model.loss(x, y, r) returns the losses of one batch, "loss" first. With `maps`, each
     batch also carries the SHAP maps r of its images, augmented with them. A model with refresh_maps
     (single-stage IMPACTX) replaces them at the start of an epoch when it returns new ones. The best
-    validation epoch's weights are kept."""
+    validation epoch's weights are kept. `engine`: params.yaml's `training:` (float32 eager if None)."""
     seed_everything(seed)
     model.to(device)
     extra = () if maps is None else (maps,)
@@ -167,4 +199,4 @@ def train_model(
             log.info("%s epoch %d: maps refreshed from the current model in %.1fs", desc, epoch, seconds)
             return seconds
 
-    return _fit(model, params, recipe or RecipeParams(), loader, val, device, seed, on_epoch, desc, refresh)
+    return _fit(model, params, recipe or RecipeParams(), loader, val, device, seed, on_epoch, desc, refresh, engine)

@@ -19,11 +19,12 @@ def main():
     seed_everything(seed)  # before the model exists: initial weights and new layers come from the seed
     model = method.build(stage1, settings)
     with tracking.stage_run(dvc_stage(f"train@{method.name}-{seed}"), params, method=method.name, seed=seed):
-        tracking.log_params_section(params, "model", "recipe", method.section)
+        tracking.log_params_section(params, "model", "recipe", "training", method.section)
         mlflow.log_params({f"effective.{k}": v for k, v in settings.model_dump(by_alias=True).items()})
         result = train_model(
             model, ds.train, ds.val, settings, device=resolve_device(params.device), seed=seed,
             recipe=params.recipe, maps=stage1.maps_tensor(), on_epoch=tracking.epoch_logger(), desc=method.name,
+            engine=params.training,
         )  # fmt: skip
         training = {k: result[k] for k in ("best_val_accuracy", "best_epoch", "epochs_run")}
         mlflow.log_metrics(training)

@@ -7,7 +7,7 @@ import torch
 from conftest import CPU, tiny_model
 
 from impactx import train
-from impactx.config import RecipeParams, TrainParams
+from impactx.config import RecipeParams, TrainingParams, TrainParams
 from impactx.data import Split
 
 
@@ -47,3 +47,25 @@ def test_cosine_schedule_and_early_stopping(monkeypatch):
     assert (out["best_epoch"], out["epochs_run"], out["best_val_accuracy"]) == (2, 4, 0.6)
     lrs = [h["lr"] for h in out["history"]]
     assert lrs == pytest.approx([0.01 * (1 + np.cos(np.pi * e / 6)) / 2 for e in range(4)])
+
+
+def test_a_failing_training_compile_warns_once_and_trains_eager(monkeypatch, caplog):
+    import logging
+
+    def broken(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("inductor cannot lower this op\ndetails...")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    params = TrainParams(epochs=1, batch_size=8, lr=0.01)
+    eager = train.train_model(tiny_model(), tiny_split(32, 0), tiny_split(8, 1), params, CPU, seed=0)
+    with caplog.at_level(logging.WARNING, logger="impactx"):
+        out = train.train_model(tiny_model(), tiny_split(32, 0), tiny_split(8, 1), params, CPU, seed=0,
+                                engine=TrainingParams(compile=True))  # fmt: skip
+    assert out["history"][0]["train_loss"] == eager["history"][0]["train_loss"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "training.compile: torch.compile failed (RuntimeError: inductor cannot lower this op); running eager"
+    ]
