@@ -99,7 +99,8 @@ class DaskTLS(Section):
 
 class InferenceParams(Section):
     """How forward-only model passes run (impactx.inference): the SHAP maps of the attribution, teacher
-    and evaluate stages. float32 eager is exact; the rest trade exactness for speed."""
+    and evaluate stages, and the evaluate stage's MoRF/LeRF curves. float32 eager is exact; the rest
+    trade exactness for speed."""
 
     compile: bool = False  # torch.compile (inductor), cached in .cache/torchinductor; eager on failure
     dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast, outputs back in float32

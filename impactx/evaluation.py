@@ -87,11 +87,14 @@ def timed_post_hoc_shap(model, x, pred, seed: int, params: Params, device) -> tu
     parts: list[torch.Tensor] = []
     seconds: dict[int, float] = {}
     spec = post_hoc_spec(params)
+    net = inference.prepare(model, spec.inference, device)  # once: a compile is paid before the timing
+    with torch.no_grad():
+        net(x[:1].to(device))
     bar = Progress(len(x), spec, desc="post-hoc SHAP")
     for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
         if b > a:
             run = partial(
-                attribute, model, x[a:b], pred[a:b], spec, seed=seed, first_index=a, device=device, progress=bar
+                attribute, net, x[a:b], pred[a:b], spec, seed=seed, first_index=a, device=device, progress=bar
             )
             t, maps = _seconds(run, device)
             parts.append(torch.from_numpy(maps))
@@ -120,9 +123,10 @@ def faithfulness(model, x: torch.Tensor, maps: dict[str, torch.Tensor], params: 
     """{map: {aopc, aopc_lerf, srg, morf_curve, lerf_curve}} for each map on this one model."""
     p = params.evaluate
     kw = {"patch_size": p.patch_size, "steps": p.steps, "device": device, "seed": params.seed, "removal": p.removal}
+    net = inference.prepare(model, params.inference, torch.device(device), batch=morf.rows_per_pass(p.steps))
     out = {}
     for name, m in tqdm(maps.items(), desc="MoRF and LeRF", unit="map", mininterval=2):
-        mo, le = (morf.removal_curves(model, x, m, order=o, **kw) for o in ("morf", "lerf"))
+        mo, le = (morf.removal_curves(net, x, m, order=o, **kw) for o in ("morf", "lerf"))
         out[name] = {"aopc": morf.aopc(mo), "aopc_lerf": morf.aopc(le), "srg": morf.srg(mo, le),
                      "morf_curve": mo.mean(0).tolist(), "lerf_curve": le.mean(0).tolist()}  # fmt: skip
     return out

@@ -93,6 +93,8 @@ def prepare(
 ) -> nn.Module:
     """`model` (in eval mode, on `device`) as `settings` run it; the model itself for float32 eager.
     `batch`: the compiled graph's rows (batch_size(device) if None), to match the caller's batches."""
+    if isinstance(model, Prepared):  # prepared once (and compiled once) by a caller that reuses it
+        return model
     device = device or next(model.parameters()).device
     model = model.to(device).eval()
     if settings is None or settings.exact:

@@ -75,6 +75,14 @@ def noisy_linear_impute(x: torch.Tensor, removed: torch.Tensor, gen: torch.Gener
     return torch.where(rem.bool(), (u + noise).clamp(0, 1), x)
 
 
+CHUNK = 32  # images per forward pass of removal_curves: CHUNK × (steps + 1) rows
+
+
+def rows_per_pass(steps: int) -> int:
+    """Model rows of one removal_curves forward pass: the batch an inference.prepare'd model is compiled for."""
+    return CHUNK * (steps + 1)
+
+
 @torch.no_grad()
 def removal_curves(
     model,
@@ -87,7 +95,7 @@ def removal_curves(
     seed: int = 0,
     order: Order = "morf",
     removal: Removal = "uniform",
-    chunk: int = 32,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """An N×(steps+1) array of the predicted class's probability along the MoRF or LeRF path."""
     if order not in ("morf", "lerf"):
@@ -95,6 +103,7 @@ def removal_curves(
     if removal not in ("uniform", "noisy_linear"):
         raise ImpactXError(f"evaluate.removal '{removal}' is unknown: use uniform or noisy_linear")
     model = model.to(device).eval()
+    chunk = chunk or CHUNK
     n, c, h, w = images.shape
     rel = patch_relevance(maps, patch_size)
     n_patches = rel.shape[1]

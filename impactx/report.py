@@ -40,10 +40,14 @@ def _label_of_maps(params: dict) -> str:
 def _provenance(prov: dict | None) -> list[str]:
     if not prov:
         return ["No provenance recorded.", ""]
-    lines = [
-        f"- recipe: `{prov['recipe']}`, run with `python -m impactx.study run {Path(prov['recipe']).stem}`",
-        f"- command: `{prov['command']}`",
-    ]
+    lines = []
+    if prov.get("recipe"):
+        lines.append(
+            f"- recipe: `{prov['recipe']}`, run with `python -m impactx.study run {Path(prov['recipe']).stem}`"
+        )
+    lines.append(f"- command: `{prov['command']}`")
+    if prov.get("machine"):
+        lines.append("- machine: " + ", ".join(f"{k} `{_number(v)}`" for k, v in prov["machine"].items()))
     if prov.get("as_run") and prov["as_run"] != prov["command"]:
         lines.append(f"- as it was run (the names of that time): `{prov['as_run']}`")
     if prov.get("commit"):
@@ -77,6 +81,13 @@ def _flat(d, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
+def _records(rows: list[dict]) -> list[str]:
+    """Markdown table of flat records, the columns in the order they first appear."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    out = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    return out + ["| " + " | ".join(_number(r.get(c, "")) for c in cols) + " |" for r in rows]
+
+
 def study_page(name: str, data: dict, root: Path = Path(".")) -> str:
     data = dict(data)
     prov = data.pop("provenance", None)
@@ -94,7 +105,10 @@ def study_page(name: str, data: dict, root: Path = Path(".")) -> str:
         seeds = params.get("seeds", "?")
         lines.append(compare.markdown(data, "Results", seeds, _label_of_maps(params)).rstrip())
     else:
-        lines += ["## Results", "", "| key | value |", "| --- | --- |"]
+        rows = data.pop("rows", None)
+        if rows:  # a list of flat records (a benchmark's lines): one table, a column per key
+            lines += ["## Results", "", *_records(rows), ""]
+        lines += ["## Results" if not rows else "## Settings and summary", "", "| key | value |", "| --- | --- |"]
         lines += [f"| `{k}` | {v} |" for k, v in _flat(data)]
     return "\n".join(lines) + "\n"
 
@@ -135,7 +149,7 @@ def pages(root: Path = Path(".")) -> dict[Path, str]:
              " when one differs from what its JSON regenerates.", "", "- [Table 2 beside the paper](table2.md)"]  # fmt: skip
     for name, data in studies.items():
         prov = data.get("provenance") or {}
-        index.append(f"- [{name}]({name}.md): `{prov.get('recipe', 'no recipe')}`")
+        index.append(f"- [{name}]({name}.md): `{prov.get('recipe') or prov.get('command', 'no recipe')}`")
     out[PAGES / "index.md"] = HEADER.format(source=RESULTS) + "\n".join(index) + "\n"
     return out
 

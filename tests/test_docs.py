@@ -103,3 +103,15 @@ def test_record_writes_the_table_with_its_provenance(tmp_path):
     assert out["baseline"] == {"seeds": 1}
     assert out["provenance"]["command"] == "dvc exp run -n mine -S 'seeds=[0]'"
     assert out["provenance"]["recipe"] == "studies/recipes/mine.yaml"
+
+
+def test_a_benchmark_result_is_a_table_with_its_machine(results_copy):
+    rows = [{"backbone": "lenet5", "setting": "eager_fp32", "forward_images_per_s": 20123},
+            {"backbone": "lenet5", "setting": "compiled_fp32", "forward_images_per_s": 61234}]  # fmt: skip
+    prov = {"command": "python benchmarks/inference.py", "commit": "abc1234", "machine": {"cores": 2}}
+    (results_copy / "studies/results/bench.json").write_text(json.dumps({"provenance": prov, "rows": rows}))
+    assert report.main([]) == 0
+    page = (results_copy / "docs/results/bench.md").read_text()
+    assert "| backbone | setting | forward_images_per_s |" in page
+    assert "| lenet5 | compiled_fp32 | 61234 |" in page and "cores `2`" in page
+    assert "[bench](bench.md): `python benchmarks/inference.py`" in (results_copy / "docs/results/index.md").read_text()

@@ -102,3 +102,23 @@ def test_bfloat16_shap_maps_stay_close_to_float32():
     assert np.abs(exact - fast).max() / np.abs(exact).max() < 0.1
     assert bf16.describe()["inference"] == {"compile": False, "dtype": "bfloat16", "channels_last": False}
     assert "inference" not in exact_spec.describe()  # float32 eager: maps.json as before
+
+
+def test_morf_curves_through_the_compiled_model_match_eager_with_one_graph(tmp_path, monkeypatch):
+    """The evaluate stage's removal curves through inference.prepare, compiled for their own rows per pass."""
+    from torch._dynamo.utils import counters
+
+    from impactx import morf
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch._dynamo.reset()
+    counters.clear()
+    x = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(1))  # a full chunk, then 8 images
+    maps = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    kw = {"patch_size": 4, "steps": 4, "device": torch.device("cpu"), "seed": 0}
+    exact = morf.removal_curves(tiny_model(), x, maps, **kw)
+    net = inference.prepare(tiny_model(), InferenceParams(compile=True), batch=morf.rows_per_pass(4))
+    compiled = morf.removal_curves(net, x, maps, order="morf", **kw)
+    lerf = morf.removal_curves(net, x, maps, order="lerf", **kw)
+    assert np.abs(compiled - exact).max() < 1e-5 and lerf.shape == exact.shape
+    assert counters["stats"]["unique_graphs"] == 1
