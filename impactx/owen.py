@@ -12,7 +12,11 @@ recursion in lockstep rounds, and one round's masks of all images go through the
 - priority ties are broken, as in shap, by a normal draw per pushed node, from one RandomState per
   image seeded with `seeds[i]` (np.random.seed(seeds[i]) before shap's call gives the same draws);
 - a finished image frees its slot for the next one, so forward batches stay full and memory is fixed:
-  pool × (max_evals + 1) × C·H·W bytes of masks.
+  pool × (max_evals + 1) × C·H·W bytes of masks;
+- every forward pass is full: a round's rows past its last whole forward batch wait for the next round,
+  and their images (which pop nothing meanwhile) go on when all their rows have values. Images are
+  independent, so when a row is evaluated changes no value; a compiled model's fixed batch shape then
+  runs no padding rows but in the last passes.
 
 Only the model outputs can differ from shap's, by float rounding of different batch compositions.
 """
@@ -142,6 +146,14 @@ def empty_queue() -> dict:
     return {k: np.zeros(0, np.int64 if k in ("slot", "node", "mask") else np.float64) for k in QUEUE_FIELDS}
 
 
+HELD_FIELDS = (*QUEUE_FIELDS, "m10", "m01", "f10", "f01")  # a popped node, its two masks and their values
+
+
+def empty_held() -> dict:
+    return {k: np.zeros(0, np.int64 if k in ("slot", "node", "mask", "m10", "m01") else np.float64)
+            for k in HELD_FIELDS}  # fmt: skip
+
+
 def _take(queue: dict, which) -> dict:
     return {k: v[which] for k, v in queue.items()}
 
@@ -220,6 +232,7 @@ class _Pool:
         self.target = torch.zeros(pool, dtype=torch.long, device=device)
         self.masked = torch.empty(forward_batch, self.m, device=device)  # one forward chunk's masked images
         self.queue = empty_queue()
+        self.held = empty_held()  # popped nodes whose image still waits for some of its rows' values
         self.out = np.empty((n, c, h, w), np.float32)
         self.next_image = 0
 
@@ -227,7 +240,7 @@ class _Pool:
         """Images whose budget is spent or whose queue is empty: queued nodes keep their credit, and the
         credit is pushed down to the pixels."""
         queued = np.bincount(self.queue["slot"], minlength=self.pool) > 0
-        finished = (self.image >= 0) & ~self.new & ((self.evals >= self.budget) | ~queued)
+        finished = (self.image >= 0) & ~self.new & ~self.waiting() & ((self.evals >= self.budget) | ~queued)
         if not finished.any():
             return
         leave = finished[self.queue["slot"]]
@@ -238,6 +251,13 @@ class _Pool:
             self.credit[s], self.image[s] = 0, -1
             if self.progress is not None:
                 self.progress.update(1)
+
+    def waiting(self) -> np.ndarray:
+        """Slots whose popped nodes are held for values: they pop nothing and do not finish."""
+        return np.bincount(self.held["slot"], minlength=self.pool) > 0
+
+    def evals_left(self) -> np.ndarray:
+        return np.where(self.waiting(), 0, self.budget - self.evals)
 
     def admit(self) -> bool:
         """The next images into free slots; False when nothing is left to explain."""
@@ -298,13 +318,29 @@ class _Pool:
         return result.numpy()
 
     def evaluate_round(self, popped: dict, m10: np.ndarray, m01: np.ndarray):
-        """One forward for all images: new images' f(background) and f(x), then every popped pair."""
-        new, cap = np.flatnonzero(self.new), self.capacity
-        rows_slot = np.concatenate([np.repeat(new, 2), np.repeat(popped["slot"], 2)])
-        rows_mask = np.concatenate([np.stack([new * cap, new * cap + 1], 1).ravel(), np.stack([m10, m01], 1).ravel()])
-        values = self.forward(rows_slot, rows_mask)
-        f10, f01 = values[2 * len(new) :].reshape(-1, 2).T
-        return new, values[: 2 * len(new)].reshape(-1, 2), f10, f01
+        """New images' f(background) and f(x), the held nodes' pairs, then this round's popped pairs, in
+        whole forward batches: rows past the last whole batch wait for the next round. Returns the new
+        slots, their (f(background), f(x)), and the popped nodes of every image whose pairs all have
+        values (sorted by slot, in pop order), with their m10, m01, f10, f01."""
+        new, cap, fb = np.flatnonzero(self.new), self.capacity, self.forward_batch
+        nan = np.full(len(m10), np.nan)
+        nodes = {k: np.concatenate([self.held[k], v]) for k, v in {**popped, "m10": m10, "m01": m01, "f10": nan,
+                                                                  "f01": nan}.items()}  # fmt: skip
+        todo = np.flatnonzero(np.isnan(nodes["f10"]))
+        rows_slot = np.concatenate([np.repeat(new, 2), np.repeat(nodes["slot"][todo], 2)])
+        rows_mask = np.concatenate([np.stack([new * cap, new * cap + 1], 1).ravel(),
+                                    np.stack([nodes["m10"][todo], nodes["m01"][todo]], 1).ravel()])  # fmt: skip
+        first = 2 * len(new) + 2 * int(np.isnan(self.held["f10"]).sum())  # never wait twice
+        cut = len(rows_slot) if len(rows_slot) < fb else max(len(rows_slot) // fb * fb, first)
+        cut -= cut % 2  # pairs stay together
+        values = self.forward(rows_slot[:cut], rows_mask[:cut])
+        pairs = values[2 * len(new) :].reshape(-1, 2)
+        nodes["f10"][todo[: len(pairs)]], nodes["f01"][todo[: len(pairs)]] = pairs.T
+        hold = np.isin(nodes["slot"], nodes["slot"][np.isnan(nodes["f10"])])
+        self.held = _take(nodes, hold)
+        ready = _take(nodes, ~hold)  # a slot's nodes are all held or all popped this round: stable sort
+        ready = _take(ready, np.argsort(ready["slot"], kind="stable"))
+        return new, values[: 2 * len(new)].reshape(-1, 2), ready
 
     def tie_draws(self, popped: dict) -> np.ndarray:
         """One normal draw per pushed child, from each image's own RandomState, in shap's push order."""
@@ -369,11 +405,12 @@ def owen_values(
             p.finish()
             if not p.admit():
                 break
-            popped, p.queue = pop_round(p.queue, p.budget - p.evals, batch_size)
+            popped, p.queue = pop_round(p.queue, p.evals_left(), batch_size)
             m10, m01 = p.build_masks(popped)
-            new, f_new, f10, f01 = p.evaluate_round(popped, m10, m01)
-            left, right = tree.left[popped["node"]], tree.right[popped["node"]]
-            children = push_children(popped, m10, m01, f10, f01, p.tie_draws(popped), left, right)
+            new, f_new, ready = p.evaluate_round(popped, m10, m01)
+            left, right = tree.left[ready["node"]], tree.right[ready["node"]]
+            children = push_children(ready, ready["m10"], ready["m01"], ready["f10"], ready["f01"],
+                                     p.tie_draws(ready), left, right)  # fmt: skip
             p.enqueue(credit_leaves(p.credit, children, p.m), new, f_new)
     finally:
         p.close()

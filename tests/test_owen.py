@@ -1,8 +1,10 @@
 """The steps of impactx.owen on their own: a round's pops and a popped node's pushes, as shap does them."""
 
 import numpy as np
+import torch
+from conftest import tiny_model
 
-from impactx.owen import QUEUE_FIELDS, credit_leaves, empty_queue, pop_round, push_children
+from impactx.owen import QUEUE_FIELDS, credit_leaves, empty_queue, owen_values, pop_round, push_children
 
 
 def queue(rows):
@@ -70,3 +72,30 @@ def test_partition_tree_is_cached_per_shape_and_rebuilt_when_unreadable(tmp_path
     cached.write_bytes(b"truncated")
     again = PartitionTree(3, 8, 8)
     assert np.array_equal(again.indices_chw, built.indices_chw) and cached.stat().st_size > 100
+
+
+class CountingModel(torch.nn.Module):
+    """The model, with the compiled path's fixed batch (`batch`), counting the rows of every call."""
+
+    def __init__(self, model, batch: int):
+        super().__init__()
+        self.model, self.batch, self.calls = model, batch, []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        return self.model(x)
+
+
+def test_forward_passes_are_full_batches_and_waiting_rows_change_no_value():
+    """Rows past a round's last whole forward batch wait for the next round: every pass is exactly `batch`
+    rows but a few (the first rounds, when the trees are small, and the last), and the maps equal those
+    of one forward pass per round."""
+    x = torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = np.arange(12) % 4
+    kw = {"max_evals": 300, "batch_size": 50, "masker": "blur(4,4)", "seeds": [[0, i] for i in range(12)], "pool": 5}
+    one_pass = owen_values(tiny_model(), x, y, forward_batch=10**6, **kw)  # a round is one pass, never waits
+    model = CountingModel(tiny_model(), batch=64)
+    maps = owen_values(model, x, y, **kw)
+    assert np.abs(maps - one_pass).max() <= 1e-5 * np.abs(one_pass).max()
+    partial = [n for n in model.calls if n != 64]
+    assert sum(model.calls) == 12 * 300 and len(partial) <= 6 and all(n < 64 for n in partial), model.calls
