@@ -47,7 +47,9 @@ def test_train_control_depends_on_its_methods_section_less_the_fixed_settings(st
         fixed = {control.params.model_fields[k].alias or k for k in control.fixed}
         keys = [f"{control.section}.{f.alias or k}" for k, f in control.params.model_fields.items()]
         declared = [p for d in stages[f"train_control@{name}-0"].deps if hasattr(d, "params") for p in d.params]
-        assert sorted(declared) == sorted(["model", "recipe", *(k for k in keys if k.split(".")[1] not in fixed)])
+        assert sorted(declared) == sorted(
+            ["model", "recipe", "training", *(k for k in keys if k.split(".")[1] not in fixed)]
+        )
 
 
 def test_a_controls_stages_depend_on_the_module_of_the_method_it_controls(stages):
