@@ -16,8 +16,6 @@ machine and the commit, as a results file that `python -m impactx.report` turns 
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +32,7 @@ from impactx.fidelity import per_map_pearson
 from impactx.inference import prepare
 from impactx.io import atomic_write
 from impactx.model import Classifier
+from impactx.study import head_commit, machine
 from impactx.train import Step
 
 SETTINGS = {
@@ -91,18 +90,6 @@ def train_images_per_s(name: str, settings: InferenceParams, batch: int, seconds
     return done / (time.perf_counter() - t0), first
 
 
-def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()  # fmt: skip
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "load_average_1min_before": os.getloadavg()[0]}  # fmt: skip
-
-
-def commit() -> str | None:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or None
-
-
 def closeness(exact: np.ndarray, maps: np.ndarray) -> dict:
     """Minimum per-map Pearson and the largest difference relative to the largest |value|, against the
     eager float32 maps; None where the exact maps are constant (random weights can give flat outputs)."""
@@ -123,7 +110,7 @@ def main():
     ap.add_argument("--train-batch", type=int, default=64, help="images per training step (baseline.batch_size)")
     ap.add_argument("--out", type=Path, help="also write the lines as a results JSON (studies/results/...)")
     args = ap.parse_args()
-    host = machine()
+    host = {**machine(), "load_average_1min_before": os.getloadavg()[0]}
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))  # a cold cache
     rng = np.random.default_rng(0)
     summary, lines = {}, []
@@ -166,7 +153,7 @@ def main():
                          "compiled_fp32_shap_vs_best_fp32_forward": round(rows["compiled_fp32"]["shap_evals_per_s"] / best_fp32, 3)}  # fmt: skip
     print(json.dumps({"summary": summary, "images": args.images, "max_evals": args.max_evals}))
     if args.out:
-        prov = {"command": "python benchmarks/inference.py " + " ".join(sys.argv[1:]), "commit": commit(),
+        prov = {"command": "python benchmarks/inference.py " + " ".join(sys.argv[1:]), "commit": head_commit(),
                 "commit_is": "the code that ran", "machine": host}  # fmt: skip
         data = {"provenance": prov, "images": args.images, "max_evals": args.max_evals,
                 "train_batch": args.train_batch, "rows": lines, "summary": summary}  # fmt: skip

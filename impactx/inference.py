@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import cast
 
 import torch
 from torch import nn
@@ -26,17 +25,38 @@ from impactx.config import InferenceParams
 log = logging.getLogger(__name__)
 
 
-def compile_static(fn):
-    """torch.compile(fn) for fixed shapes (a graph per input shape, none dynamic), inductor's kernels cached
-    in layout.COMPILE_CACHE unless TORCHINDUCTOR_CACHE_DIR names another folder. Compiles on its first call."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(layout.COMPILE_CACHE.resolve()))
-    return torch.compile(fn, dynamic=False)
+def autocast(device: torch.device | str, settings: InferenceParams):
+    """bfloat16 autocast on the device when settings.dtype says so; a no-op context otherwise."""
+    kind = device if isinstance(device, str) else device.type
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=settings.dtype == "bfloat16")
 
 
-def warn_eager(setting: str, e: Exception) -> None:
-    """The one line a failed compile gives before its caller runs eager."""
-    log.warning("%s: torch.compile failed (%s: %s); running eager", setting, type(e).__name__,
-                str(e).splitlines()[0] if str(e) else "")  # fmt: skip
+class Compiled:
+    """fn through torch.compile for fixed shapes (a static graph per input shape), inductor's kernels
+    cached in layout.COMPILE_CACHE unless TORCHINDUCTOR_CACHE_DIR names another folder; compiled on the
+    first call. If compiling fails (inductor raises many types), one warning line naming `setting`, and
+    fn eager from then on; fn's own errors are re-raised by that eager call."""
+
+    def __init__(self, fn, setting: str, enabled: bool = True):
+        self.eager, self.setting, self.fn = fn, setting, fn
+        if enabled:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(layout.COMPILE_CACHE.resolve()))
+            self.fn = torch.compile(fn, dynamic=False)
+
+    @property
+    def compiled(self) -> bool:
+        return self.fn is not self.eager
+
+    def __call__(self, *args):
+        try:
+            return self.fn(*args)
+        except Exception as e:
+            if not self.compiled:
+                raise
+            log.warning("%s: torch.compile failed (%s: %s); running eager", self.setting, type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else "")  # fmt: skip
+            self.fn = self.eager
+            return self.fn(*args)
 
 
 def batch_size(device: torch.device) -> int:
@@ -53,39 +73,26 @@ class Prepared(nn.Module):
         self.batch = batch or batch_size(device)  # the compiled graph's rows
         if settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.compiled: nn.Module | None = None
-        if settings.compile:
-            self.compiled = cast(nn.Module, compile_static(self.model))
+        self.net = Compiled(self.model, "inference.compile", enabled=settings.compile)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.settings.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.compiled is None:
-            return self._forward(self.model, x)
-        try:
-            return self._fixed_batches(self.compiled, x)
-        except Exception as e:  # inductor raises many types; the eager model's own errors are re-raised
-            warn_eager("inference.compile", e)
-            self.compiled = None
-            return self._forward(self.model, x)
+        with autocast(self.device_type, self.settings):
+            return (self._in_batches(x) if self.net.compiled else self.model(x)).float()
 
-    def _fixed_batches(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """net(x) in chunks of exactly self.batch rows, the last padded with copies of its last row."""
+    def _in_batches(self, x: torch.Tensor) -> torch.Tensor:
+        """The compiled model on chunks of exactly self.batch rows, the last padded with copies of its last row."""
         n, b = len(x), self.batch
         if n == b:
-            return self._forward(net, x)
+            return self.net(x)
         out = []
         for lo in range(0, n, b):
             chunk = x[lo : lo + b]
             if len(chunk) < b:
                 chunk = torch.cat([chunk, chunk[-1:].expand(b - len(chunk), *chunk.shape[1:])])
-            out.append(self._forward(net, chunk))
+            out.append(self.net(chunk))
         return torch.cat(out)[:n]
-
-    def _forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        bf16 = self.settings.dtype == "bfloat16"
-        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=bf16):
-            return net(x).float()
 
 
 def prepare(

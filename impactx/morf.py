@@ -95,7 +95,7 @@ def removal_curves(
     seed: int = 0,
     order: Order = "morf",
     removal: Removal = "uniform",
-    chunk: int | None = None,
+    chunk: int = CHUNK,
 ) -> np.ndarray:
     """An N×(steps+1) array of the predicted class's probability along the MoRF or LeRF path."""
     if order not in ("morf", "lerf"):
@@ -103,7 +103,6 @@ def removal_curves(
     if removal not in ("uniform", "noisy_linear"):
         raise ImpactXError(f"evaluate.removal '{removal}' is unknown: use uniform or noisy_linear")
     model = model.to(device).eval()
-    chunk = chunk or CHUNK
     n, c, h, w = images.shape
     rel = patch_relevance(maps, patch_size)
     n_patches = rel.shape[1]

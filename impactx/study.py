@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from impactx import ImpactXError, layout
@@ -87,6 +90,20 @@ def check(name: str, root: Path = Path(".")) -> None:
     parse_params(raw, f"{recipe_path(name, root)} over params.yaml")
 
 
+def head_commit(root: Path = Path(".")) -> str | None:
+    """The checkout's short commit, for a result's provenance (None outside git)."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
+def machine() -> dict:
+    """What a timing ran on, for a result's provenance: CPU model, cores, torch threads and version."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
 def record(name: str, root: Path = Path(".")) -> Path:
     """metrics/comparison.json of the run just made, with its provenance, as the recipe's result."""
     recipe = load(name, root)
@@ -95,10 +112,9 @@ def record(name: str, root: Path = Path(".")) -> Path:
     table = root / layout.TABLE_JSON
     if not table.exists():
         raise ImpactXError(f"{table} not found: run the study first (python -m impactx.study run {name})")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
     out = root / recipe["result"]
     provenance = {"recipe": str(RECIPES / f"{name}.yaml"), "command": shlex.join(command(name, root)),
-                  "commit": commit.stdout.strip() or None, "params": recipe.get("set", {})}  # fmt: skip
+                  "commit": head_commit(root), "params": recipe.get("set", {})}  # fmt: skip
     save_json(out, {PROVENANCE: provenance, **json.loads(table.read_text())})
     return out
 

@@ -93,24 +93,16 @@ class Step:
     compile that fails gives one warning line and the eager loss, never a crash."""
 
     def __init__(self, model, settings: TrainingParams, device: torch.device):
-        self.model, self.settings, self.device_type = model, settings, device.type
+        self.settings, self.device = settings, device
         if settings.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.loss = inference.compile_static(model.loss) if settings.compile else model.loss
-        self.compiled = settings.compile
+        self.loss = inference.Compiled(model.loss, "training.compile", enabled=settings.compile)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor | None) -> dict:
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.settings.dtype == "bfloat16"):
-            if not self.compiled:
-                return self.loss(x, y, r)
-            try:
-                return self.loss(x, y, r)
-            except Exception as e:  # inductor raises many types; the eager loss's own errors are re-raised
-                inference.warn_eager("training.compile", e)
-                self.loss, self.compiled = self.model.loss, False
-                return self.loss(x, y, r)
+        with inference.autocast(self.device, self.settings):
+            return self.loss(x, y, r)
 
 
 def _fit(model, params, recipe: RecipeParams, train_loader, val_split, device, seed, on_epoch, desc: str, refresh=None,

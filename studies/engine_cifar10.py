@@ -21,8 +21,6 @@ results as JSON to --out (docs/results/engine_cifar10_seed0.md):
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +38,7 @@ from impactx.data import to_float  # noqa: E402
 from impactx.fidelity import per_map_pearson  # noqa: E402
 from impactx.io import save_json  # noqa: E402
 from impactx.model import build_baseline  # noqa: E402
+from impactx.study import head_commit, machine  # noqa: E402
 from impactx.train import accuracy, seed_everything, train_model  # noqa: E402
 
 RECIPE = RecipeParams(crop_padding=4, flip=True, schedule="cosine")  # studies/recipes/cifar10_recipe.yaml's
@@ -134,15 +133,10 @@ def main():
         },  # fmt: skip
     }
     print(attribution, flush=True)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "?")  # fmt: skip
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     save_json(Path(args.out), {
         "provenance": {"recipe": "studies/recipes/engine_cifar10_seed0.yaml",
                        "command": "python studies/engine_cifar10.py " + " ".join(sys.argv[1:]),
-                       "commit": commit, "commit_is": "the code that ran",
-                       "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                   "torch": torch.__version__}},
+                       "commit": head_commit(), "commit_is": "the code that ran", "machine": machine()},
         "seed": args.seed, "train_images": n_train, "training": training, "attribution": attribution,
     })  # fmt: skip
 
