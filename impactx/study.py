@@ -50,7 +50,12 @@ def load(name: str, root: Path = Path(".")) -> dict:
     path = recipe_path(name, root)
     if not path.exists():
         raise ImpactXError(f"no study recipe '{name}' ({path}): use one of {', '.join(names(root))}")
-    recipe = yaml.safe_load(path.read_text()) or {}
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ImpactXError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}; quote a value holding ': '") from None
     unknown = set(recipe) - {"description", "base", "set", "targets", "script", "result"}
     if unknown:
         raise ImpactXError(
