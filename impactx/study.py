@@ -55,7 +55,9 @@ def load(name: str, root: Path = Path(".")) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ImpactXError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}; quote a value holding ': '") from None
+        raise ImpactXError(
+            f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}; quote a value holding ': '"
+        ) from None
     unknown = set(recipe) - {"description", "base", "set", "targets", "script", "result"}
     if unknown:
         raise ImpactXError(

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path.cwd()))  # the project's impactx, like the stages
 
@@ -82,7 +81,7 @@ def main():
             "median_pearson": float(np.nanmedian(pearson)),
             "maps_with_pearson_below_0.999": int((pearson < 0.999).sum()),
             "max_abs_diff_relative": float(np.abs(exact - ours).max() / np.abs(exact).max()),
-            "identical_maps": int(sum(np.array_equal(a, b) for a, b in zip(exact, ours))),
+            "identical_maps": int(sum(np.array_equal(a, b) for a, b in zip(exact, ours, strict=True))),
         },
     }  # fmt: skip
     print(json.dumps({k: result[k] for k in ("stage", "exact", "stage_vs_exact")}), flush=True)

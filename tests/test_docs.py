@@ -89,6 +89,9 @@ def test_a_recipe_with_a_renamed_key_fails_before_it_runs(tmp_path):
         study.load("typo", tmp_path)
     with pytest.raises(ImpactXError, match="no study recipe 'nope'"):
         study.load("nope", tmp_path)
+    (tmp_path / "studies/recipes/colon.yaml").write_text("description: a: b\nset: {}\n")
+    with pytest.raises(ImpactXError, match=r"colon.yaml: not valid YAML \(line 1\).*quote"):
+        study.load("colon", tmp_path)
 
 
 def test_record_writes_the_table_with_its_provenance(tmp_path):
