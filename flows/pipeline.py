@@ -1,5 +1,6 @@
-"""The DVC pipeline as Prefect flows: `pipeline` runs the stages of dvc.yaml in order, one task each;
-`sweep` runs it once per λ.
+"""The DVC pipeline as Prefect flows: `pipeline` runs the stages of dvc.yaml, one task each, in order or
+(`workers` > 1) every stage as soon as the stages it reads are done, up to `workers` at once; `sweep` runs
+it once per λ.
 
 DVC stays the cache of record: a task runs `dvc repro --single-item <stage>`, so an unchanged stage is
 skipped exactly as with `dvc repro`. Parameter overrides are applied to params.yaml with DVC's own
@@ -9,6 +10,16 @@ flow-run id as the tag `prefect_flow_run_id`.
 
     python flows/pipeline.py                                  # run once, here
     python flows/pipeline.py -S impactx.lambda=0.4 -S 'seeds=[0,1]'  # with overrides
+    python flows/pipeline.py --workers 2                      # two stages at once (CPU: the cores split)
+    python flows/pipeline.py --gpus 0,1,2,3                   # one stage per GPU at once
+
+Fan-out: DVC runs one stage at a time in a workspace, so each worker slot is a git worktree beside the
+checkout (../.<name>-slot<i>) that shares its DVC cache. A slot gets the checkout's files (params.yaml,
+dvc.lock, code) and the outputs its stage reads (`dvc checkout`), runs `dvc repro --single-item <stage>`
+there (its outputs and run-cache entry land in the shared cache), and the checkout then takes the result
+with its own `dvc repro --single-item <stage>`, which DVC's run cache restores without running it: the
+checkout ends with the outputs and dvc.lock of a sequential `dvc repro`, nothing computed twice. A stage
+that writes nothing (check_params) runs in the checkout itself. A failed stage stops its descendants only.
 """
 
 from __future__ import annotations
@@ -17,21 +28,28 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 
+from impactx import layout
 from impactx.io import atomic_write, exclusive_lock
-from impactx.tracking import FLOW_RUN_ENV  # the stages' MLflow runs take the flow-run id from it
+from impactx.tracking import FLOW_RUN_ENV, PROJECT_ENV  # the stages' MLflow runs: the flow-run id, the project
 
 PROGRESS_EVERY = 30.0  # seconds between two logged progress-bar lines
+MAX_SLOTS = 64  # the task runner's threads: the most worker slots one flow run can use
+DONE = ("ran", "skipped")  # a stage's result when its outputs are in the checkout
 DVC = str(Path(sys.executable).parent / "dvc")  # this environment's, whatever PATH the worker has
 
 
@@ -87,11 +105,18 @@ def _not_bad_input(task, task_run, state) -> bool:
 @task(
     task_run_name="{stage}", retries=2, retry_delay_seconds=10, retry_condition_fn=_not_bad_input, cache_policy=NO_CACHE
 )
-def dvc_stage(stage: str, root: str) -> str:
-    """`dvc repro --single-item <stage>`, its output in the task's log. Returns "ran" or "skipped"."""
+def dvc_stage(stage: str, root: str, env: dict[str, str] | None = None, upstream: list[str] | None = None) -> str:
+    """`dvc repro --single-item <stage>` in `root`, its output in the task's log. Returns "ran", or "skipped"
+    when nothing was computed (unchanged, or its outputs restored from the run cache).
+    In a worker slot: `env` is the slot's (its threads or GPU), `upstream` the stages whose outputs it
+    checks out first from the shared cache."""
     log = get_run_logger()
-    env = {**os.environ, FLOW_RUN_ENV: str(flow_run.id or "")}
+    env = {**os.environ, FLOW_RUN_ENV: str(flow_run.id or ""), **(env or {})}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the stages' `python` is ours
+    if upstream:
+        out = subprocess.run([DVC, "checkout", *upstream], cwd=root, env=env, capture_output=True, text=True)
+        if out.returncode:
+            raise StageFailed(f"stage {stage}: dvc checkout {' '.join(upstream)} failed: {out.stderr.strip()[-300:]}")
     cmd = [DVC, "repro", "--single-item", stage]
     log.info("$ %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -106,7 +131,7 @@ def dvc_stage(stage: str, root: str) -> str:
             last_progress = time.monotonic()
         if line.startswith("error: "):
             error = line
-        skipped |= "didn't change, skipping" in line
+        skipped |= "didn't change, skipping" in line or "is cached - skipping run" in line  # not computed
         log.info(line)
     if proc.wait():
         if error:
@@ -115,20 +140,175 @@ def dvc_stage(stage: str, root: str) -> str:
     return "skipped" if skipped else "ran"
 
 
-@flow(name="impactx-pipeline", log_prints=True)
+@flow(name="impactx-pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=MAX_SLOTS))
 def pipeline(
-    overrides: dict[str, Any] | list[str] | None = None, experiment: str | None = None, root: str = "."
+    overrides: dict[str, Any] | list[str] | None = None,
+    experiment: str | None = None,
+    root: str = ".",
+    workers: int = 1,
+    gpus: list[str] | None = None,
 ) -> dict:
-    """All stages in DAG order. `overrides` are `dvc exp run -S` settings ({"impactx.lambda": 0.4});
-    the run is saved as DVC experiment `experiment` (default: prefect-<flow run name>)."""
+    """All stages of the DAG. `overrides` are `dvc exp run -S` settings ({"impactx.lambda": 0.4});
+    the run is saved as DVC experiment `experiment` (default: prefect-<flow run name)). `workers` > 1 runs
+    up to that many stages at once, each in a worker slot (the CPU's cores split between them); `gpus`
+    (["0", "1"]) gives one slot per GPU instead, each slot's stages seeing that GPU only."""
+    if gpus:
+        workers = len(gpus)
+    if not 1 <= workers <= MAX_SLOTS:
+        raise BadInput(f"workers must be between 1 and {MAX_SLOTS} (got {workers}): give --workers N")
     repo = Path(root).resolve()
     with checkout_lock(repo), params_restored(repo):
         if overrides:
             apply_overrides(repo, overrides)
-        results = {stage: dvc_stage(stage, str(repo)) for stage in stages(repo)}
+        if workers == 1:
+            results = {stage: dvc_stage(stage, str(repo)) for stage in stages(repo)}
+        else:
+            results = fan_out(repo, workers, gpus)
         name = experiment or f"prefect-{flow_run.name}"
         subprocess.run([DVC, "exp", "save", "--force", "--name", name], cwd=repo, check=True, capture_output=True)
     _log().info("saved as DVC experiment %s: %s", name, results)
+    table = repo / layout.TABLE_MD
+    if table.exists():  # the Prefect UI's Artifacts tab: Table 2 of this run
+        create_markdown_artifact(markdown=table.read_text(), key="impactx-comparison", description=f"Table 2 ({name})")
+    return results
+
+
+def dag(root: Path) -> tuple[dict[str, list[str]], set[str]]:
+    """Every stage (foreach/matrix expanded) → the stages whose outputs it reads, in dvc.yaml's order; and
+    the stages DVC's run cache can restore (they have outputs; not always_changed, none persistent)."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(".") as repo:  # stage names (addressing) relative to the checkout
+        graph = repo.index.graph
+        ups = {s.addressing: sorted(u.addressing for u in graph.successors(s)) for s in graph.nodes}
+        cacheable = {
+            s.addressing for s in graph.nodes if s.outs and not s.always_changed and not any(o.persist for o in s.outs)
+        }
+        order = [s.addressing for s in repo.index.stages]
+    return {s: ups[s] for s in order}, cacheable
+
+
+class Slot(NamedTuple):
+    """A worker slot: a git worktree beside the checkout sharing its DVC cache, and its stages' environment."""
+
+    path: Path
+    env: dict[str, str]
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+def open_slots(repo: Path, workers: int, gpus: list[str] | None = None) -> list[Slot]:
+    """`workers` worktrees ../.<checkout>-slot<i> at HEAD (beside the checkout, so a relative path such as
+    ../shared/data resolves the same), each using the checkout's DVC cache; their stages log to the
+    checkout's MLflow store and share its compile cache."""
+    cache = subprocess.run([DVC, "cache", "dir"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    shared = {PROJECT_ENV: str(repo), "TORCHINDUCTOR_CACHE_DIR": str((repo / layout.COMPILE_CACHE).resolve())}
+    slots = []
+    for i in range(workers):
+        path = repo.parent / f".{repo.name}-slot{i}"
+        close_slot(repo, path)  # a crashed run's
+        made = _git(repo, "worktree", "add", "--detach", "--force", str(path), "HEAD")
+        if made.returncode:
+            raise BadInput(f"git worktree add {path} failed ({made.stderr.strip()}): commit once, or give --workers 1")
+        subprocess.run([DVC, "config", "--local", "cache.dir", cache], cwd=path, check=True, capture_output=True)
+        own = (
+            {"CUDA_VISIBLE_DEVICES": str(gpus[i])} if gpus else {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        )
+        slots.append(Slot(path, {**shared, **own}))
+    return slots
+
+
+def close_slot(repo: Path, path: Path) -> None:
+    if path.exists():
+        if _git(repo, "worktree", "remove", "--force", str(path)).returncode:
+            shutil.rmtree(path, ignore_errors=True)
+    _git(repo, "worktree", "prune")
+
+
+def sync(repo: Path, slot: Path) -> None:
+    """The slot's files made the checkout's: every file git sees there (tracked, or new and not ignored),
+    params.yaml and dvc.lock among them; a file deleted there is deleted here. Outputs travel by DVC."""
+    listed = _git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard").stdout.split("\0")
+    for rel in filter(None, listed):
+        src, dst = repo / rel, slot / rel
+        if not src.is_file():
+            if not src.exists() and dst.is_file():
+                dst.unlink()
+            continue
+        s = src.stat()
+        if dst.is_file() and (dst.stat().st_size, dst.stat().st_mtime_ns) == (s.st_size, s.st_mtime_ns):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+
+
+def restore(repo: Path, stage: str) -> None:
+    """The stage a slot ran, taken into the checkout: DVC's run cache restores its outputs and dvc.lock
+    entry (a slot's "didn't change" is the checkout's too)."""
+    out = subprocess.run([DVC, "repro", "--single-item", stage], cwd=repo, capture_output=True, text=True,
+                         env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})  # fmt: skip
+    if out.returncode:
+        raise StageFailed(f"stage {stage}: taking its outputs into the checkout failed: {out.stderr.strip()[-300:]}")
+    if "Running stage" in out.stdout and "is cached" not in out.stdout:
+        _log().warning("stage %s was not in the run cache: it ran again in the checkout", stage)
+
+
+def fan_out(repo: Path, workers: int, gpus: list[str] | None = None) -> dict[str, str]:
+    """Every stage as soon as its upstream stages are done, up to `workers` at once, each in a slot.
+    A failed stage's descendants are "upstream failed"; the others finish; then the first error is raised."""
+    ups, cacheable = dag(repo)
+    results: dict[str, str] = {}
+    errors: dict[str, BaseException] = {}
+    slots = open_slots(repo, workers, gpus)
+    free, running = list(slots), {}
+    try:
+        while True:
+            progressed = False
+            for stage, upstream in ups.items():
+                if stage in results or stage in running or not free:
+                    continue
+                if any(results.get(u) in ("failed", "upstream failed") for u in upstream):
+                    results[stage], progressed = "upstream failed", True
+                    continue
+                if not all(results.get(u) in DONE for u in upstream):
+                    continue
+                if stage not in cacheable:  # writes nothing the run cache keeps: it runs in the checkout
+                    try:
+                        results[stage] = dvc_stage(stage, str(repo))
+                    except (BadInput, StageFailed) as e:
+                        results[stage], errors[stage] = "failed", e
+                    progressed = True
+                    continue
+                slot = free.pop(0)
+                sync(repo, slot.path)
+                future = dvc_stage.submit(stage, str(slot.path), slot.env, [u for u in upstream if u in cacheable])
+                running[stage] = (future, slot)
+            if not running:
+                if progressed:
+                    continue
+                break
+            finished = next(as_completed([f for f, _ in running.values()]))
+            stage = next(s for s, (f, _) in running.items() if f.task_run_id == finished.task_run_id)
+            future, slot = running.pop(stage)
+            free.append(slot)
+            outcome = future.result(raise_on_failure=False)
+            if isinstance(outcome, BaseException):
+                results[stage], errors[stage] = "failed", outcome
+                continue
+            try:
+                restore(repo, stage)
+                results[stage] = outcome
+            except StageFailed as e:
+                results[stage], errors[stage] = "failed", e
+    finally:
+        for slot in slots:
+            close_slot(repo, slot.path)
+    _log().info("stages: %s", results)
+    if errors:
+        raise next(iter(errors.values()))
     return results
 
 
@@ -166,14 +346,18 @@ def sweep(
     seeds: list[int] = [0, 1, 2],  # noqa: B006
     overrides: dict[str, Any] | None = None,
     root: str = ".",
+    workers: int = 1,
 ) -> dict:
-    """The pipeline once per λ, over `seeds`, each a DVC experiment sweep-l<λ>. Stages that a setting does
-    not touch are skipped by DVC: stage 1 and SHAP run once per seed for the whole sweep."""
+    """The pipeline once per λ, over `seeds`, each a DVC experiment sweep-l<λ>, `workers` stages at once.
+    Stages that a setting does not touch are skipped by DVC: stage 1 and SHAP run once per seed."""
     out = {}
     for lam in lambdas:
         name = f"sweep-l{lam}"
         out[name] = pipeline(
-            overrides={**(overrides or {}), "seeds": list(seeds), "impactx.lambda": lam}, experiment=name, root=root
+            overrides={**(overrides or {}), "seeds": list(seeds), "impactx.lambda": lam},
+            experiment=name,
+            root=root,
+            workers=workers,
         )
     return out
 
@@ -182,8 +366,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Run the impactx DVC pipeline as a Prefect flow.")
     ap.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE", help="as dvc exp run -S")
     ap.add_argument("--name", help="DVC experiment name")
+    ap.add_argument("--workers", type=int, default=1, help="stages at once, each in a worker slot (default 1)")
+    ap.add_argument("--gpus", help="one slot per GPU: CUDA device ids, e.g. 0,1,2,3 (instead of --workers)")
     args = ap.parse_args(argv)
-    state = pipeline(overrides=args.set_param or None, experiment=args.name, return_state=True)
+    gpus = args.gpus.split(",") if args.gpus else None
+    state = pipeline(overrides=args.set_param or None, experiment=args.name, workers=args.workers, gpus=gpus,
+                     return_state=True)  # fmt: skip
     sys.exit(0 if state.is_completed() else 1)
 
 

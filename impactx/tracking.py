@@ -40,6 +40,7 @@ CHAMPION = "champion"
 CHECKPOINT_DIR = "checkpoint"  # the evaluate run's artifact folder for the weights-only checkpoint
 HOST_TAG, PID_TAG = "impactx.host", "impactx.pid"  # which process a stage run belongs to (end_orphans)
 FLOW_RUN_ENV = "IMPACTX_PREFECT_FLOW_RUN_ID"  # set by flows/pipeline.py for the stages it runs
+PROJECT_ENV = "IMPACTX_PROJECT"  # set by flows/pipeline.py for a stage it runs in a worker slot's worktree
 
 
 def git_revision() -> str:
@@ -67,8 +68,11 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def project_root(cwd: str | Path | None = None) -> Path:
-    """The user's project: the working directory or, inside the temporary workspace where DVC runs a
-    queued experiment (<project>/.dvc/tmp/exps/<tmp>/), the project it was queued from."""
+    """The user's project: $IMPACTX_PROJECT (a fan-out flow's worktree slot runs a stage for it), the working
+    directory or, inside the temporary workspace where DVC runs a queued experiment
+    (<project>/.dvc/tmp/exps/<tmp>/), the project it was queued from."""
+    if os.environ.get(PROJECT_ENV):
+        return Path(os.environ[PROJECT_ENV]).resolve()
     here = Path(cwd or os.getcwd()).resolve()
     parts = here.parts
     for i in range(len(parts) - 3, 0, -1):

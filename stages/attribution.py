@@ -62,7 +62,6 @@ def main():
             "shape": list(raw.shape),
             "dtype": "float32",
             "values": "raw attributions; scaled per image by max |value| before training (impactx.maps.scale_maps)",
-            "seconds_this_run": round(seconds, 2),
         }
         maps.save_maps(raw, meta, seed)
         evals = spec.attribution.evals(spec.options)

@@ -5,7 +5,8 @@ It reads the stage's maps (attribution/seed<seed>/maps.npy) and their maps.json 
 seconds), explains the first --images training images again with the same model, method, options and random
 seeds in eager float32 (inference: its defaults, the engine the equality test ties to shap.PartitionExplainer),
 and writes how far the stage's maps are: per-map Pearson and the largest difference as a fraction of the
-largest |value|. The stage's time is the one it measured itself (maps.json `seconds_this_run`).
+largest |value|. The stage's time is the one it measured itself (its MLflow run's metric `seconds`; maps.json
+holds no time, so that re-running the stage gives the same bytes).
 
     python studies/attribution_vs_exact.py --seed 0 --images 500 --out studies/results/<name>.json
 """
@@ -22,13 +23,27 @@ import numpy as np
 
 sys.path.insert(0, str(Path.cwd()))  # the project's impactx, like the stages
 
-from impactx import attribution, data, layout  # noqa: E402
+from impactx import attribution, data, layout, tracking  # noqa: E402
 from impactx.config import InferenceParams  # noqa: E402
 from impactx.fidelity import per_map_pearson  # noqa: E402
 from impactx.io import save_json  # noqa: E402
 from impactx.params import load_params  # noqa: E402
 from impactx.study import head_commit, machine  # noqa: E402
 from impactx.teacher import explained_model  # noqa: E402
+
+
+def stage_time(params, seed: int) -> float:
+    """Seconds of the latest attribution@<seed> run in the project's MLflow store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.tracking_uri(params.mlflow.tracking_uri))
+    runs = mlflow.search_runs(experiment_names=[params.mlflow.experiment], filter_string=f"tags.dvc_stage = "
+                              f"'attribution@{seed}'", order_by=["start_time DESC"], max_results=1)  # fmt: skip
+    if runs.empty:
+        raise SystemExit(
+            f"no MLflow run of attribution@{seed} in {params.mlflow.tracking_uri}: run the stage here first"
+        )
+    return float(runs["metrics.seconds"].iloc[0])
 
 
 def main():
@@ -56,7 +71,7 @@ def main():
     ours = np.asarray(stage_maps[:n])
     pearson = per_map_pearson(exact, ours)
     evals = exact_spec.attribution.evals(exact_spec.options)
-    stage_seconds = meta["seconds_this_run"]
+    stage_seconds = stage_time(params, args.seed)
     images = meta["shape"][0]
     result = {
         "provenance": {"recipe": "studies/recipes/cifar10_attribution_vs_exact_seed0.yaml",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import CPU, REPO, run, shap_spec, tiny_model, tiny_project
+from conftest import CPU, REPO, md5, run, shap_spec, tiny_model, tiny_project
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 
@@ -98,6 +98,33 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
     error = bad.result(raise_on_failure=False)
     assert "error: params.yaml: baseline.epochs: Input should be a valid integer" in str(error)
     assert type(error).__name__ == "BadInput"  # not retried: the same input fails the same way
+
+
+@pytest.mark.e2e
+def test_two_worker_slots_end_with_the_outputs_and_lock_of_a_sequential_repro(tmp_path, prefect_server, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the slots' threads on 2 cores: the same float sums
+    kw = {"seeds": [0], "methods": ["impactx"], "controls": []}
+    sequential, fanned = tiny_project(tmp_path / "seq", **kw), tiny_project(tmp_path / "par", **kw)
+    run(["dvc", "repro"], sequential)
+    flows, pipeline = flows_module(), load("flows/pipeline.py:pipeline")
+    ups, cacheable = flows.dag(fanned)
+    assert list(ups) == flows.stages(fanned) and ups["attribution@0"] == ["baseline@0", "fetch_data"]
+    assert "check_params" not in cacheable  # writes nothing: it runs in the checkout
+
+    state = pipeline(root=str(fanned), workers=2, experiment="fan", return_state=True)
+    assert state.is_completed(), state.message
+    assert set(state.result().values()) == {"ran"} and set(state.result()) == set(ups)
+    lock = lambda root: yaml.safe_load((root / "dvc.lock").read_text())["stages"]  # noqa: E731
+    assert lock(fanned) == lock(sequential)  # every dep, param and output hash
+    for entry in lock(sequential).values():
+        for out in entry.get("outs", []):
+            if (sequential / out["path"]).is_file():
+                assert md5(fanned / out["path"]) == md5(sequential / out["path"]), out["path"]
+    assert not list(tmp_path.glob(".par-slot*"))  # the worktrees are gone
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{fanned / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id])
+    assert {"baseline@0", "attribution@0", "train@impactx-0", "compare"} <= {r.data.tags.get("dvc_stage") for r in runs}
+    assert set(pipeline(root=str(fanned), workers=2, experiment="fan-again").values()) == {"skipped"}
 
 
 class DiesOnce(torch.nn.Module):
