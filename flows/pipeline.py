@@ -98,6 +98,13 @@ def apply_overrides(root: Path, overrides: dict[str, Any] | list[str]) -> None:
     dvc_apply_overrides(root / "params.yaml", override_args(overrides))
 
 
+def stage_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with `extra`, and this venv first on PATH: the stages' `python` is ours."""
+    env = {**os.environ, **(extra or {})}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 def _not_bad_input(task, task_run, state) -> bool:
     return not isinstance(state.result(raise_on_failure=False), BadInput)
 
@@ -111,8 +118,7 @@ def dvc_stage(stage: str, root: str, env: dict[str, str] | None = None, upstream
     In a worker slot: `env` is the slot's (its threads or GPU), `upstream` the stages whose outputs it
     checks out first from the shared cache."""
     log = get_run_logger()
-    env = {**os.environ, FLOW_RUN_ENV: str(flow_run.id or ""), **(env or {})}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the stages' `python` is ours
+    env = stage_env({FLOW_RUN_ENV: str(flow_run.id or ""), **(env or {})})
     if upstream:
         out = subprocess.run([DVC, "checkout", *upstream], cwd=root, env=env, capture_output=True, text=True)
         if out.returncode:
@@ -239,7 +245,7 @@ def sync(repo: Path, slot: Path) -> None:
                 dst.unlink()
             continue
         s = src.stat()
-        if dst.is_file() and (dst.stat().st_size, dst.stat().st_mtime_ns) == (s.st_size, s.st_mtime_ns):
+        if dst.is_file() and ((d := dst.stat()).st_size, d.st_mtime_ns) == (s.st_size, s.st_mtime_ns):
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
@@ -249,7 +255,7 @@ def restore(repo: Path, stage: str) -> None:
     """The stage a slot ran, taken into the checkout: DVC's run cache restores its outputs and dvc.lock
     entry (a slot's "didn't change" is the checkout's too)."""
     out = subprocess.run([DVC, "repro", "--single-item", stage], cwd=repo, capture_output=True, text=True,
-                         env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})  # fmt: skip
+                         env=stage_env())  # fmt: skip
     if out.returncode:
         raise StageFailed(f"stage {stage}: taking its outputs into the checkout failed: {out.stderr.strip()[-300:]}")
     if "Running stage" in out.stdout and "is cached" not in out.stdout:
