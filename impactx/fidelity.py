@@ -38,6 +38,17 @@ def per_map_pearson(maps: np.ndarray, other: np.ndarray) -> np.ndarray:
         return np.where(norms > 0, (a * b).sum(1) / norms, np.nan)
 
 
+def closeness(reference: np.ndarray, maps: np.ndarray) -> dict:
+    """How close `maps` are to `reference` (compiled or bfloat16 maps against eager float32, say): the
+    lowest and the median per-map Pearson, and the largest difference as a fraction of max |reference|."""
+    pearson = per_map_pearson(reference, maps)
+    return {
+        "min_pearson": float(np.nanmin(pearson)),
+        "median_pearson": float(np.nanmedian(pearson)),
+        "max_abs_diff_relative": float(np.abs(reference - maps).max() / np.abs(reference).max()),
+    }
+
+
 def _corr(u: np.ndarray, v: np.ndarray) -> float:
     """Pearson correlation; 0 when either map is constant (it ranks nothing)."""
     su, sv = u.std(), v.std()

@@ -1,8 +1,7 @@
 """The attribution stage's maps against the exact engine's (issue 22): run in a workspace where the stage
 `attribution@<seed>` just ran (studies/recipes/cifar10_attribution_stage_seed0.yaml), with its params.yaml.
 
-It reads the stage's maps (attribution/seed<seed>/maps.npy) and their maps.json (the settings and the stage's
-seconds), explains the first --images training images again with the same model, method, options and random
+It reads the stage's maps (attribution/seed<seed>/maps.npy) and their maps.json (the settings), explains the first --images training images again with the same model, method, options and random
 seeds in eager float32 (inference: its defaults, the engine the equality test ties to shap.PartitionExplainer),
 and writes how far the stage's maps are: per-map Pearson and the largest difference as a fraction of the
 largest |value|. The stage's time is the one it measured itself (its MLflow run's metric `seconds`; maps.json
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path.cwd()))  # the project's impactx, like the stages
 
 from impactx import attribution, data, layout, tracking  # noqa: E402
 from impactx.config import InferenceParams  # noqa: E402
-from impactx.fidelity import per_map_pearson  # noqa: E402
+from impactx.fidelity import closeness, per_map_pearson  # noqa: E402
 from impactx.io import save_json  # noqa: E402
 from impactx.params import load_params  # noqa: E402
 from impactx.study import head_commit, machine  # noqa: E402
@@ -69,7 +68,6 @@ def main():
     exact = attribution.attribute(model, x, y, exact_spec, seed=meta["map_seed"], first_index=0)
     exact_seconds = time.perf_counter() - t0
     ours = np.asarray(stage_maps[:n])
-    pearson = per_map_pearson(exact, ours)
     evals = exact_spec.attribution.evals(exact_spec.options)
     stage_seconds = stage_time(params, args.seed)
     images = meta["shape"][0]
@@ -92,10 +90,8 @@ def main():
         "exact": {"images": n, "seconds": round(exact_seconds, 1), "evals_per_s": round(n * evals / exact_seconds)},
         "stage_vs_exact": {
             "images": n,
-            "min_pearson": float(np.nanmin(pearson)),
-            "median_pearson": float(np.nanmedian(pearson)),
-            "maps_with_pearson_below_0.999": int((pearson < 0.999).sum()),
-            "max_abs_diff_relative": float(np.abs(exact - ours).max() / np.abs(exact).max()),
+            **closeness(exact, ours),
+            "maps_with_pearson_below_0.999": int((per_map_pearson(exact, ours) < 0.999).sum()),
             "identical_maps": int(sum(np.array_equal(a, b) for a, b in zip(exact, ours, strict=True))),
         },
     }  # fmt: skip

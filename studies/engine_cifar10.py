@@ -35,7 +35,7 @@ from impactx.attribution import Spec, attribute  # noqa: E402
 from impactx.attribution.shap_partition import ShapPartitionSettings  # noqa: E402
 from impactx.config import DataParams, InferenceParams, ModelParams, RecipeParams, TrainingParams, TrainParams  # noqa: E402
 from impactx.data import to_float  # noqa: E402
-from impactx.fidelity import per_map_pearson  # noqa: E402
+from impactx.fidelity import closeness  # noqa: E402
 from impactx.io import save_json  # noqa: E402
 from impactx.model import build_baseline  # noqa: E402
 from impactx.study import head_commit, machine  # noqa: E402
@@ -69,15 +69,6 @@ def maps_with(model, x, y, settings: InferenceParams, max_evals: int) -> tuple[n
     t0 = time.perf_counter()
     maps = attribute(model, x, y, spec, seed=0)
     return maps, len(x) * max_evals / (time.perf_counter() - t0)
-
-
-def closeness(exact: np.ndarray, maps: np.ndarray) -> dict:
-    pearson = per_map_pearson(exact, maps)
-    return {
-        "min_pearson": float(np.nanmin(pearson)),
-        "median_pearson": float(np.nanmedian(pearson)),
-        "max_abs_diff_relative": float(np.abs(exact - maps).max() / np.abs(exact).max()),
-    }
 
 
 def main():

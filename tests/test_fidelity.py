@@ -32,3 +32,16 @@ def test_a_map_that_only_knows_the_class_scores_like_the_class_mean_floor():
     assert f["class_mean"]["pearson"] > f["class_mean_pred"]["pearson"]  # the oracle floor knows the label
     better = fidelity(teacher, teacher, floors)
     assert better["map"]["pearson"] > better["class_mean"]["pearson"]
+
+
+def test_closeness_gives_the_lowest_pearson_and_the_largest_difference_relative_to_the_reference():
+    from impactx.fidelity import closeness
+
+    ref = np.arange(24, dtype=np.float64).reshape(2, 3, 2, 2) - 10  # max |value| 13
+    other = ref.copy()
+    other[1, 0, 0, 0] += 1.3  # one value off by 10% of the largest
+    out = closeness(ref, other)
+    assert out["max_abs_diff_relative"] == pytest.approx(0.1)
+    assert (
+        out["min_pearson"] < 1 and out["median_pearson"] < 1 and closeness(ref, ref)["min_pearson"] == pytest.approx(1)
+    )
