@@ -12,6 +12,8 @@ flow-run id as the tag `prefect_flow_run_id`.
     python flows/pipeline.py -S impactx.lambda=0.4 -S 'seeds=[0,1]'  # with overrides
     python flows/pipeline.py --workers 2                      # two stages at once (CPU: the cores split)
     python flows/pipeline.py --gpus 0,1,2,3                   # one stage per GPU at once
+    python flows/pipeline.py --remote                         # results shared through the default DVC remote
+    python flows/pipeline.py --predict                        # the wall time for 1, 2, 4, 8 workers, from the last run
 
 Fan-out: DVC runs one stage at a time in a workspace, so each worker slot is a git worktree beside the
 checkout (../.<name>-slot<i>) that shares its DVC cache. A slot gets the checkout's files (params.yaml,
@@ -20,6 +22,9 @@ there (its outputs and run-cache entry land in the shared cache), and the checko
 with its own `dvc repro --single-item <stage>`, which DVC's run cache restores without running it: the
 checkout ends with the outputs and dvc.lock of a sequential `dvc repro`, nothing computed twice. A stage
 that writes nothing (check_params) runs in the checkout itself. A failed stage stops its descendants only.
+
+Every run records each stage's time (layout.STAGE_TIMES); impactx.schedule turns them into the critical
+path and the wall time predicted for more workers (`--predict`, and the end of each run's log).
 """
 
 from __future__ import annotations
@@ -41,10 +46,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from impactx import layout
+from impactx import ImpactXError, layout
 from impactx.io import atomic_write, exclusive_lock
+from impactx.schedule import fill, load_times, record_times
+from impactx.schedule import table as scaling_table
 from impactx.tracking import FLOW_RUN_ENV, PROJECT_ENV  # the stages' MLflow runs: the flow-run id, the project
 
 PROGRESS_EVERY = 30.0  # seconds between two logged progress-bar lines
@@ -112,18 +120,21 @@ def _not_bad_input(task, task_run, state) -> bool:
 @task(
     task_run_name="{stage}", retries=2, retry_delay_seconds=10, retry_condition_fn=_not_bad_input, cache_policy=NO_CACHE
 )
-def dvc_stage(stage: str, root: str, env: dict[str, str] | None = None, upstream: list[str] | None = None) -> str:
+def dvc_stage(
+    stage: str, root: str, env: dict[str, str] | None = None, upstream: list[str] | None = None, pull: bool = False
+) -> tuple[str, float]:
     """`dvc repro --single-item <stage>` in `root`, its output in the task's log. Returns "ran", or "skipped"
-    when nothing was computed (unchanged, or its outputs restored from the run cache).
+    when nothing was computed (unchanged, or its outputs restored from the run cache), and its seconds.
     In a worker slot: `env` is the slot's (its threads or GPU), `upstream` the stages whose outputs it
-    checks out first from the shared cache."""
-    log = get_run_logger()
+    checks out first from the shared cache. `pull`: what the stage needs and the DVC cache lacks (its
+    inputs, or its outputs when the remote's run cache has run it) comes from the default remote."""
+    log, started = get_run_logger(), time.monotonic()
     env = stage_env({FLOW_RUN_ENV: str(flow_run.id or ""), **(env or {})})
     if upstream:
         out = subprocess.run([DVC, "checkout", *upstream], cwd=root, env=env, capture_output=True, text=True)
         if out.returncode:
             raise StageFailed(f"stage {stage}: dvc checkout {' '.join(upstream)} failed: {out.stderr.strip()[-300:]}")
-    cmd = [DVC, "repro", "--single-item", stage]
+    cmd = [DVC, "repro", "--single-item", *(["--pull"] if pull else []), stage]
     log.info("$ %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     error, skipped, last_progress = None, False, 0.0
@@ -143,7 +154,15 @@ def dvc_stage(stage: str, root: str, env: dict[str, str] | None = None, upstream
         if error:
             raise BadInput(f"stage {stage}: {error}")
         raise StageFailed(f"stage {stage} failed (dvc exit code {proc.returncode}); see the task log")
-    return "skipped" if skipped else "ran"
+    seconds = time.monotonic() - started
+    if skipped:  # shown as Cached in the UI: DVC computed nothing (unchanged, or restored from the run cache)
+        return Completed(name="Cached", message="DVC: nothing to compute", data=("skipped", seconds))  # type: ignore[return-value]
+    return "ran", seconds
+
+
+def in_checkout(stage: str, repo: Path, pull: bool = False) -> tuple[str, float]:
+    """dvc_stage run in the checkout, waited for: its (outcome, seconds), or its error raised."""
+    return dvc_stage(stage, str(repo), pull=pull, return_state=True).result()
 
 
 @flow(name="impactx-pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=MAX_SLOTS))
@@ -153,11 +172,14 @@ def pipeline(
     root: str = ".",
     workers: int = 1,
     gpus: list[str] | None = None,
+    remote: bool = False,
 ) -> dict:
     """All stages of the DAG. `overrides` are `dvc exp run -S` settings ({"impactx.lambda": 0.4});
     the run is saved as DVC experiment `experiment` (default: prefect-<flow run name)). `workers` > 1 runs
     up to that many stages at once, each in a worker slot (the CPU's cores split between them); `gpus`
-    (["0", "1"]) gives one slot per GPU instead, each slot's stages seeing that GPU only."""
+    (["0", "1"]) gives one slot per GPU instead, each slot's stages seeing that GPU only. `remote`: the
+    default DVC remote is pulled from first (outputs and run cache) and by every stage, so what another
+    machine computed is restored, not recomputed, and this run's results are pushed to it at the end."""
     if gpus:
         workers = len(gpus)
     if not 1 <= workers <= MAX_SLOTS:
@@ -166,13 +188,29 @@ def pipeline(
     with checkout_lock(repo), params_restored(repo):
         if overrides:
             apply_overrides(repo, overrides)
-        if workers == 1:
-            results = {stage: dvc_stage(stage, str(repo)) for stage in stages(repo)}
-        else:
-            results = fan_out(repo, workers, gpus)
+        if remote:
+            pull(repo)
+        timed: dict[str, dict] = {}  # stage -> its outcome and measured time, for impactx.schedule
+        try:
+            if workers == 1:
+                results = {}
+                for stage in stages(repo):
+                    results[stage], seconds = in_checkout(stage, repo, remote)
+                    timed[stage] = _timing(results[stage], seconds, 0.0, 1)
+            else:
+                results = fan_out(repo, workers, gpus, timed, pull=remote)
+        finally:  # a failed run's finished stages too
+            ran = {s: t for s, t in timed.items() if t.pop("outcome") == "ran"}
+            record_times(repo / layout.STAGE_TIMES, ran)
+        if remote:
+            push(repo)
         name = experiment or f"prefect-{flow_run.name}"
         subprocess.run([DVC, "exp", "save", "--force", "--name", name], cwd=repo, check=True, capture_output=True)
     _log().info("saved as DVC experiment %s: %s", name, results)
+    with contextlib.suppress(ImpactXError):  # a stage never timed yet (all cached): nothing to predict from
+        ups, cacheable = dag(repo)
+        times = fill(list(ups), load_times(repo / layout.STAGE_TIMES))
+        _log().info("from the recorded stage times:\n%s", scaling_table(ups, times, cacheable))
     table = repo / layout.TABLE_MD
     if table.exists():  # the Prefect UI's Artifacts tab: Table 2 of this run
         create_markdown_artifact(markdown=table.read_text(), key="impactx-comparison", description=f"Table 2 ({name})")
@@ -262,9 +300,13 @@ def restore(repo: Path, stage: str) -> None:
         _log().warning("stage %s was not in the run cache: it ran again in the checkout", stage)
 
 
-def fan_out(repo: Path, workers: int, gpus: list[str] | None = None) -> dict[str, str]:
+def fan_out(
+    repo: Path, workers: int, gpus: list[str] | None = None, timed: dict | None = None, pull: bool = False
+) -> dict[str, str]:
     """Every stage as soon as its upstream stages are done, up to `workers` at once, each in a slot.
-    A failed stage's descendants are "upstream failed"; the others finish; then the first error is raised."""
+    A failed stage's descendants are "upstream failed"; the others finish; then the first error is raised.
+    `timed` gets each finished stage's seconds (and its restore's); `pull` as dvc_stage's."""
+    timed = {} if timed is None else timed
     ups, cacheable = dag(repo)
     results: dict[str, str] = {}
     errors: dict[str, BaseException] = {}
@@ -283,14 +325,17 @@ def fan_out(repo: Path, workers: int, gpus: list[str] | None = None) -> dict[str
                     continue
                 if stage not in cacheable:  # writes nothing the run cache keeps: it runs in the checkout
                     try:
-                        results[stage] = dvc_stage(stage, str(repo))
+                        results[stage], seconds = in_checkout(stage, repo, pull)
+                        timed[stage] = _timing(results[stage], seconds, 0.0, workers)
                     except (BadInput, StageFailed) as e:
                         results[stage], errors[stage] = "failed", e
                     progressed = True
                     continue
                 slot = free.pop(0)
                 sync(repo, slot.path)
-                future = dvc_stage.submit(stage, str(slot.path), slot.env, [u for u in upstream if u in cacheable])
+                future = dvc_stage.submit(
+                    stage, str(slot.path), slot.env, [u for u in upstream if u in cacheable], pull
+                )
                 running[stage] = (future, slot)
             if not running:
                 if progressed:
@@ -305,8 +350,10 @@ def fan_out(repo: Path, workers: int, gpus: list[str] | None = None) -> dict[str
                 results[stage], errors[stage] = "failed", outcome
                 continue
             try:
+                started = time.monotonic()
                 restore(repo, stage)
-                results[stage] = outcome
+                results[stage], seconds = outcome
+                timed[stage] = _timing(results[stage], seconds, time.monotonic() - started, workers)
             except StageFailed as e:
                 results[stage], errors[stage] = "failed", e
     finally:
@@ -316,6 +363,31 @@ def fan_out(repo: Path, workers: int, gpus: list[str] | None = None) -> dict[str
     if errors:
         raise next(iter(errors.values()))
     return results
+
+
+def _timing(outcome: str, seconds: float, restore: float, workers: int) -> dict:
+    return {"outcome": outcome, "seconds": round(seconds, 3), "restore": round(restore, 3), "workers": workers}
+
+
+def pull(repo: Path) -> None:
+    """Outputs and run cache from the DVC remote into the shared cache, before any stage: a stage that
+    another machine already ran is then restored from the run cache instead of run. Outputs the remote
+    does not have yet are not an error: their stages will compute them."""
+    out = subprocess.run([DVC, "pull", "--run-cache"], cwd=repo, capture_output=True, text=True, env=stage_env())
+    said = (out.stdout + out.stderr).strip()
+    if out.returncode and "missing" not in said.lower():  # not DVC's "missing cache files": the remote is wrong
+        last = said.splitlines()[-1] if said else f"exit {out.returncode}"
+        raise BadInput(f"dvc pull from the default remote failed: {last}; check `dvc remote list`")
+    _log().info("dvc pull --run-cache: %s", said.splitlines()[-1] if said else "nothing to pull")
+
+
+def push(repo: Path) -> None:
+    """This run's outputs and run-cache entries to the default DVC remote, for the other machines."""
+    out = subprocess.run([DVC, "push", "--run-cache"], cwd=repo, capture_output=True, text=True, env=stage_env())
+    said = (out.stdout + out.stderr).strip()
+    if out.returncode:
+        raise StageFailed(f"dvc push to the default remote failed: {said.splitlines()[-1] if said else out.returncode}")
+    _log().info("dvc push --run-cache: %s", said.splitlines()[-1] if said else "nothing to push")
 
 
 @contextlib.contextmanager
@@ -353,8 +425,10 @@ def sweep(
     overrides: dict[str, Any] | None = None,
     root: str = ".",
     workers: int = 1,
+    remote: bool = False,
 ) -> dict:
-    """The pipeline once per λ, over `seeds`, each a DVC experiment sweep-l<λ>, `workers` stages at once.
+    """The pipeline once per λ, over `seeds`, each a DVC experiment sweep-l<λ>, `workers` stages at once
+    (`remote`: results shared through the default DVC remote, as pipeline's).
     Stages that a setting does not touch are skipped by DVC: stage 1 and SHAP run once per seed."""
     out = {}
     for lam in lambdas:
@@ -364,6 +438,7 @@ def sweep(
             experiment=name,
             root=root,
             workers=workers,
+            remote=remote,
         )
     return out
 
@@ -374,11 +449,31 @@ def main(argv=None):
     ap.add_argument("--name", help="DVC experiment name")
     ap.add_argument("--workers", type=int, default=1, help="stages at once, each in a worker slot (default 1)")
     ap.add_argument("--gpus", help="one slot per GPU: CUDA device ids, e.g. 0,1,2,3 (instead of --workers)")
+    ap.add_argument("--remote", action="store_true",
+                    help="share results through the default DVC remote: pull first (outputs and run cache), push at the end")  # fmt: skip
+    ap.add_argument("--predict", action="store_true",
+                    help="run nothing: print the critical path and the wall time predicted for 1, 2, 4, 8 workers from the recorded stage times")  # fmt: skip
+    ap.add_argument("--times", type=Path, help=f"--predict from this stage-times file (default {layout.STAGE_TIMES})")
     args = ap.parse_args(argv)
+    if args.predict:
+        sys.exit(predict(Path("."), args.times))
     gpus = args.gpus.split(",") if args.gpus else None
     state = pipeline(overrides=args.set_param or None, experiment=args.name, workers=args.workers, gpus=gpus,
-                     return_state=True)  # fmt: skip
+                     remote=args.remote, return_state=True)  # fmt: skip
     sys.exit(0 if state.is_completed() else 1)
+
+
+def predict(root: Path, times_file: Path | None = None) -> int:
+    """Print impactx.schedule's table for this checkout's DAG (params.yaml as it is now) from the times the
+    flow recorded (a foreach stage not measured takes its family's time: seeds [0..4] from a one-seed run)."""
+    ups, cacheable = dag(root)
+    try:
+        times = fill(list(ups), load_times(times_file or root / layout.STAGE_TIMES))
+    except ImpactXError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(scaling_table(ups, times, cacheable))
+    return 0
 
 
 if __name__ == "__main__":

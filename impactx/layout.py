@@ -12,6 +12,7 @@ DATASET, INFO = "dataset.npz", "info.json"  # file names inside PREPARED
 # resumable shards of the attribution stage, removed once maps.npy is written
 ATTRIBUTION_WORK = Path(".attribution_work")
 COMPILE_CACHE = Path(".cache/torchinductor")  # torch.compile's kernels, shared by every stage and process
+STAGE_TIMES = Path(".dvc/tmp/impactx-stage-times.json")  # the flow's measured stage times (impactx.schedule)
 TABLE_JSON = Path("metrics/comparison.json")  # the DVC metric: numbers only
 TABLE_MD = Path("metrics/comparison.md")  # the same table with labels and map kinds
 MORF_PLOT = Path("plots/morf.json")  # DVC plot data: one row per (method, fraction)

@@ -21,7 +21,7 @@ def explained_model(params, info: DatasetInfo, seed: int) -> tuple[nn.Module, st
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking.tracking_uri(params.mlflow.tracking_uri))
+    tracking.use_store(params)
     try:
         local = Path(mlflow.artifacts.download_artifacts(spec))
         flavor = mlflow.models.Model.load(str(local / "MLmodel")).flavors["python_function"]

@@ -90,16 +90,50 @@ def tracking_uri(uri: str, cwd: str | Path | None = None) -> str:
     return uri
 
 
+_SET_HERE: set[str] = set()  # URIs this process gave mlflow.set_tracking_uri, which copies them to the env
+
+
+def _user_uri() -> str | None:
+    """$MLFLOW_TRACKING_URI as the user set it, not as an earlier setup() in this process left it."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env and env not in _SET_HERE else None
+
+
+def store_uri(params: Params) -> str:
+    """The MLflow store the stages log to: $MLFLOW_TRACKING_URI when set (a tracking server that the
+    workers of several machines share; docs: Orchestration), else params.yaml's mlflow.tracking_uri."""
+    return tracking_uri(_user_uri() or params.mlflow.tracking_uri)
+
+
+def use_store(params: Params) -> str:
+    """Point MLflow at store_uri(params) and return it."""
+    uri = store_uri(params)
+    mlflow.set_tracking_uri(uri)
+    _SET_HERE.add(uri)
+    return uri
+
+
+def local_store(uri: str) -> bool:
+    """A store on this machine's disk (sqlite, a folder), whose artifacts go to the project's mlartifacts/;
+    a tracking server (http[s]://) keeps them where its --artifacts-destination says."""
+    return not uri.startswith(("http://", "https://", "databricks"))
+
+
 @contextlib.contextmanager
 def store_lock(uri: str):
-    """For a sqlite store: one process at a time creates or migrates its tables and creates experiments
-    and parent runs (an exclusive lock on <db>.lock). Without it, stages starting together on a new
-    database lost runs to migration races ("duplicate column name: step") and made two parent runs."""
+    """One process at a time creates or migrates a sqlite store's tables and creates experiments and
+    parent runs (an exclusive lock on <db>.lock; for a server, on one in the project's .dvc/tmp, which the
+    worker slots of one machine share). Without it, stages starting together on a new database lost runs
+    to migration races ("duplicate column name: step") and made two parent runs."""
     prefix = "sqlite:///"
-    if not uri.startswith(prefix):
+    if uri.startswith(prefix):
+        path = Path(uri[len(prefix) :] + ".lock")
+    elif not local_store(uri):
+        path = project_root() / ".dvc" / "tmp" / "impactx-mlflow.lock"
+    else:
         yield
         return
-    with exclusive_lock(Path(uri[len(prefix) :] + ".lock")):
+    with exclusive_lock(path):
         yield
 
 
@@ -113,18 +147,19 @@ ARTIFACT_COLUMNS = (
 
 
 def setup(params: Params) -> str:
-    """Point MLflow at params.mlflow and return the experiment id (artifacts go to the project's
-    mlartifacts/). A project whose own store (a relative sqlite path) moved or was copied with it gets
-    its artifact locations pointed at this project's mlartifacts/ (relocate_artifacts)."""
-    uri = tracking_uri(params.mlflow.tracking_uri)
-    mlflow.set_tracking_uri(uri)
-    artifacts = (project_root() / "mlartifacts").as_uri()
+    """Point MLflow at the store (store_uri) and return the experiment id (artifacts go to the project's
+    mlartifacts/, or the tracking server's artifact store). A project whose own store (a relative sqlite
+    path) moved or was copied with it gets its artifact locations pointed at this project's mlartifacts/
+    (relocate_artifacts)."""
+    own = store_uri(params) != (_user_uri() or params.mlflow.tracking_uri)  # a relative sqlite path: the project's
+    uri = use_store(params)
+    artifacts = (project_root() / "mlartifacts").as_uri() if local_store(uri) else None
     with store_lock(uri):
         MlflowClient()  # opening the store creates or migrates its tables: one process at a time
         exp = mlflow.get_experiment_by_name(params.mlflow.experiment)
         if exp is None:
             return mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifacts)
-        if uri != params.mlflow.tracking_uri and exp.artifact_location != artifacts:  # the project's own store
+        if own and artifacts and exp.artifact_location != artifacts:  # the project's own store
             relocate_artifacts(Path(uri.removeprefix("sqlite:///")), exp.artifact_location, artifacts)
         return exp.experiment_id
 

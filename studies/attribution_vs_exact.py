@@ -35,7 +35,7 @@ def stage_time(params, seed: int) -> float:
     """Seconds of the latest attribution@<seed> run in the project's MLflow store."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.tracking_uri(params.mlflow.tracking_uri))
+    tracking.use_store(params)
     runs = mlflow.search_runs(experiment_names=[params.mlflow.experiment], filter_string=f"tags.dvc_stage = "
                               f"'attribution@{seed}'", order_by=["start_time DESC"], max_results=1)  # fmt: skip
     if runs.empty:

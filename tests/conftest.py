@@ -194,6 +194,13 @@ def write_image_folder(root: Path, classes=("cat", "dog", "frog"), per_class=5, 
     return root
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_tracking_uri(monkeypatch):
+    """mlflow.set_tracking_uri copies its URI into os.environ, where the stages read a user's
+    MLFLOW_TRACKING_URI: one test's store must not become the next test's stages' store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """One temporary Prefect server for the whole session, started only when a test asks for it."""
@@ -225,3 +232,42 @@ LONGEST_FIRST = ("test_pipeline.py", "test_flows.py", "test_faults.py", "test_tr
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """An MLflow tracking server on 127.0.0.1 as the docs start one (a sqlite backend, an artifact root it
+    serves); yields its URI, the database and the artifact folder."""
+    import time
+    import urllib.request
+
+    db, artifacts, port = tmp_path / "server" / "mlflow.db", tmp_path / "server" / "artifacts", free_port()
+    artifacts.mkdir(parents=True)
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(artifacts), "--workers", "1"]  # fmt: skip
+    log = open(tmp_path / "server" / "log.txt", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "server" / "log.txt").read_text()[-2000:]
+                time.sleep(0.5)
+        else:
+            raise TimeoutError("mlflow server did not answer /health in 120 s")
+        yield uri, db, artifacts
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()

@@ -15,11 +15,23 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 
 from impactx.fanout import dask_runner, local_cluster_kwargs
+from impactx.layout import STAGE_TIMES
+from impactx.schedule import load_times
 from impactx.shards import compute_maps
 
 
 def load(entrypoint: str):
     return load_flow_from_entrypoint(str(REPO / entrypoint))
+
+
+def task_state_names(flow_run_id) -> list[str]:
+    """The state name of every task run of a flow run, as the Prefect UI shows them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return [r.state.name for r in runs]
 
 
 def flows_module():
@@ -69,6 +81,43 @@ def test_overrides_are_written_as_dvc_exp_run_would(tmp_path):
     )  # comments survive, as with dvc exp run
 
 
+def test_a_failed_stage_stops_its_descendants_only(monkeypatch, tmp_path):
+    """fan_out's scheduling with the stages faked: train@0 crashes; evaluate@0 and compare (which read it)
+    never start, every other stage runs, then the crash is raised."""
+    flows = flows_module()
+    ups = {"check_params": [], "fetch": [], "train@0": ["fetch"], "train@1": ["fetch"], "evaluate@0": ["train@0"],
+           "evaluate@1": ["train@1"], "compare": ["evaluate@0", "evaluate@1"]}  # fmt: skip
+    started = []
+
+    class Finished:  # a finished task's future, as fan_out reads it
+        def __init__(self, stage):
+            self.task_run_id = stage
+            self.outcome = flows.StageFailed("train@0 died") if stage == "train@0" else ("ran", 1.0)
+
+        def result(self, raise_on_failure=True):
+            return self.outcome
+
+    class Stage:  # dvc_stage.submit: a stage in a slot
+        def submit(self, stage, root, env, upstream, pull):
+            started.append(stage)
+            return Finished(stage)
+
+    monkeypatch.setattr(flows, "dag", lambda repo: (ups, set(ups) - {"check_params"}))
+    monkeypatch.setattr(
+        flows, "open_slots", lambda repo, n, gpus: [flows.Slot(tmp_path / f"s{i}", {}) for i in range(n)]
+    )
+    for name in ("close_slot", "sync", "restore"):
+        monkeypatch.setattr(flows, name, lambda *a: None)
+    monkeypatch.setattr(flows, "dvc_stage", Stage())
+    monkeypatch.setattr(flows, "in_checkout", lambda stage, repo, pull: started.append(stage) or ("ran", 0.5))
+    monkeypatch.setattr(flows, "as_completed", iter)
+    timed: dict = {}
+    with pytest.raises(flows.StageFailed, match="train@0 died"):
+        flows.fan_out(tmp_path, 2, timed=timed)
+    assert set(started) == set(ups) - {"evaluate@0", "compare"}
+    assert set(timed) == {"check_params", "fetch", "train@1", "evaluate@1"}  # finished and taken into the checkout
+
+
 @pytest.mark.e2e
 def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
     root = tiny_project(tmp_path, seeds=[0], methods=["impactx"], controls=[])
@@ -90,8 +139,9 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
     assert list(state.result()) == stages  # dvc.yaml's order, foreach/matrix expanded
     assert {r.data.tags["dvc_stage"] for r in tagged} == set(stages) - {"teacher@0", "check_params"}  # no MLflow run
 
-    again = pipeline(overrides={"impactx.lambda": 0.4}, root=str(root), experiment="tiny-again")
-    assert set(again.values()) == {"skipped"}  # DVC's cache decides: nothing runs
+    again = pipeline(overrides={"impactx.lambda": 0.4}, root=str(root), experiment="tiny-again", return_state=True)
+    assert set(again.result().values()) == {"skipped"}  # DVC's cache decides: nothing runs
+    assert set(task_state_names(again.state_details.flow_run_id)) == {"Cached"}  # and the UI says so
 
     bad = pipeline(overrides={"baseline.epochs": "ten"}, root=str(root), return_state=True)
     assert bad.is_failed() and (root / "params.yaml").read_bytes() == committed
@@ -101,11 +151,16 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
 
 
 @pytest.mark.e2e
-def test_two_worker_slots_end_with_the_outputs_and_lock_of_a_sequential_repro(tmp_path, prefect_server, monkeypatch):
+def test_two_worker_slots_end_with_the_outputs_and_lock_of_a_sequential_repro(
+    tmp_path, prefect_server, mlflow_server, monkeypatch, capsys
+):
+    """...and every stage's MLflow run lands in one tracking server, whichever slot ran it."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the slots' threads on 2 cores: the same float sums
     kw = {"seeds": [0], "methods": ["impactx"], "controls": []}
     sequential, fanned = tiny_project(tmp_path / "seq", **kw), tiny_project(tmp_path / "par", **kw)
     run(["dvc", "repro"], sequential)
+    uri, _, artifacts = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the fanned run's stages: the server, not params.yaml's sqlite
     flows, pipeline = flows_module(), load("flows/pipeline.py:pipeline")
     ups, cacheable = flows.dag(fanned)
     assert list(ups) == flows.stages(fanned) and ups["attribution@0"] == ["baseline@0", "fetch_data"]
@@ -121,10 +176,47 @@ def test_two_worker_slots_end_with_the_outputs_and_lock_of_a_sequential_repro(tm
             if (sequential / out["path"]).is_file():
                 assert md5(fanned / out["path"]) == md5(sequential / out["path"]), out["path"]
     assert not list(tmp_path.glob(".par-slot*"))  # the worktrees are gone
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{fanned / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id])
     assert {"baseline@0", "attribution@0", "train@impactx-0", "compare"} <= {r.data.tags.get("dvc_stage") for r in runs}
+    assert not (fanned / "mlflow.db").exists() and not (fanned / "mlartifacts").exists()
+    assert list(artifacts.rglob("MLmodel"))  # the models went to the server's artifact store
+
+    times = load_times(fanned / STAGE_TIMES)  # every stage's seconds, and its restore into the checkout
+    assert set(times) == set(ups) and all(times[s].restore > 0 for s in cacheable)
+    assert flows.predict(fanned) == 0 and "critical path" in capsys.readouterr().out
     assert set(pipeline(root=str(fanned), workers=2, experiment="fan-again").values()) == {"skipped"}
+    assert load_times(fanned / STAGE_TIMES) == times  # a skipped stage keeps the time it took when it ran
+
+
+@pytest.mark.e2e
+def test_results_travel_through_the_dvc_remote_and_a_second_clone_computes_nothing(tmp_path, prefect_server):
+    first = tiny_project(tmp_path / "first", seeds=[0], methods=["impactx"], controls=[])
+    pipeline = load("flows/pipeline.py:pipeline")
+    state = pipeline(root=str(first), remote=True, experiment="first", return_state=True)  # runs, then pushes
+    assert state.is_completed(), state.message
+    assert set(state.result().values()) == {"ran"}
+    remote = tmp_path / "impactx-dvc-remote"  # the default remote: a folder beside the checkout
+    assert list((remote / "files").rglob("*")) and list((remote / "runs").rglob("*"))
+    run(["git", "add", "dvc.lock", "metrics", "plots"], first)  # as DVC asks: the lock, and the outputs git keeps
+    run(["git", "commit", "-qm", "results"], first)
+
+    second = tmp_path / "second"  # another machine with the commit: DVC's own commands
+    run(["git", "clone", "-q", str(first), str(second)], tmp_path)
+    run(["dvc", "pull"], second)
+    repro = run(["dvc", "repro"], second).stdout
+    assert "Running stage" not in repro and "Data and pipelines are up to date" in repro  # nothing computed
+    assert md5(second / "metrics/comparison.json") == md5(first / "metrics/comparison.json")
+
+    third = tmp_path / "third"  # a worker without the results commit: the remote's run cache restores every stage
+    run(["git", "clone", "-q", str(first), str(third)], tmp_path)
+    run(["git", "checkout", "-q", "HEAD~1"], third)
+    assert not (third / "dvc.lock").exists()
+    done = pipeline(root=str(third), remote=True, experiment="third")
+    # check_params writes nothing to restore; compare's outputs are git's (cache: false), which the remote's
+    # run cache does not hold: both run again (seconds); every other stage is restored from the remote
+    assert {s for s, r in done.items() if r == "ran"} == {"check_params", "compare"}
+    assert md5(third / "metrics/comparison.json") == md5(first / "metrics/comparison.json")
 
 
 class DiesOnce(torch.nn.Module):

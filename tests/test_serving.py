@@ -6,7 +6,6 @@ import importlib.metadata as md
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_info
+from conftest import free_port, tiny_info
 from PIL import Image
 
 from impactx import ImpactXError, methods, serving, tracking
@@ -160,12 +159,6 @@ def closure(names) -> set[str]:
             continue
         todo += [canonical(re.match(r"[A-Za-z0-9_.-]+", r).group()) for r in reqs if "extra ==" not in r]
     return seen
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: dict):

@@ -223,3 +223,15 @@ def test_writers_starting_together_on_a_new_store_lose_no_run(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(runs) == 19 and len(parents) == 1  # 6 × 3 stage runs, under one parent
+
+
+def test_a_users_mlflow_tracking_uri_wins_over_params_yaml_but_not_one_mlflow_left_behind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = parse_params({})
+    own = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking.store_uri(params) == own  # params.yaml's relative sqlite path: this project's file
+    assert tracking.use_store(params) == own and os.environ["MLFLOW_TRACKING_URI"] == own  # mlflow copies it
+    assert tracking.store_uri(parse_params({"mlflow": {"tracking_uri": "sqlite:///other.db"}})).endswith("other.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")  # a tracking server, set by the user
+    assert tracking.store_uri(params) == "http://127.0.0.1:5999"
+    assert tracking.local_store(own) and not tracking.local_store("http://127.0.0.1:5999")
