@@ -21,7 +21,8 @@ dvc.lock, code) and the outputs its stage reads (`dvc checkout`), runs `dvc repr
 there (its outputs and run-cache entry land in the shared cache), and the checkout then takes the result
 with its own `dvc repro --single-item <stage>`, which DVC's run cache restores without running it: the
 checkout ends with the outputs and dvc.lock of a sequential `dvc repro`, nothing computed twice. A stage
-that writes nothing (check_params) runs in the checkout itself. A failed stage stops its descendants only.
+that writes nothing (check_params) or writes outputs git keeps (compare: cache: false) runs in the checkout
+itself, since the run cache cannot restore it. A failed stage stops its descendants only.
 
 Every run records each stage's time (layout.STAGE_TIMES); impactx.schedule turns them into the critical
 path and the wall time predicted for more workers (`--predict`, and the end of each run's log).
@@ -219,14 +220,17 @@ def pipeline(
 
 def dag(root: Path) -> tuple[dict[str, list[str]], set[str]]:
     """Every stage (foreach/matrix expanded) → the stages whose outputs it reads, in dvc.yaml's order; and
-    the stages DVC's run cache can restore (they have outputs; not always_changed, none persistent)."""
+    the stages DVC's run cache can restore (they have outputs; not always_changed; every output cached,
+    none persistent). The others run in the checkout."""
     from dvc.repo import Repo
 
     with contextlib.chdir(root), Repo(".") as repo:  # stage names (addressing) relative to the checkout
         graph = repo.index.graph
         ups = {s.addressing: sorted(u.addressing for u in graph.successors(s)) for s in graph.nodes}
-        cacheable = {
-            s.addressing for s in graph.nodes if s.outs and not s.always_changed and not any(o.persist for o in s.outs)
+        cacheable = {  # an output git keeps (cache: false) is not restored from the run cache: it would run twice
+            s.addressing
+            for s in graph.nodes
+            if s.outs and not s.always_changed and all(o.use_cache and not o.persist for o in s.outs)
         }
         order = [s.addressing for s in repo.index.stages]
     return {s: ups[s] for s in order}, cacheable
@@ -323,7 +327,7 @@ def fan_out(
                     continue
                 if not all(results.get(u) in DONE for u in upstream):
                     continue
-                if stage not in cacheable:  # writes nothing the run cache keeps: it runs in the checkout
+                if stage not in cacheable:  # nothing the run cache restores: it runs in the checkout
                     try:
                         results[stage], seconds = in_checkout(stage, repo, pull)
                         timed[stage] = _timing(results[stage], seconds, 0.0, workers)
