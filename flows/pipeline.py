@@ -209,9 +209,7 @@ def pipeline(
         subprocess.run([DVC, "exp", "save", "--force", "--name", name], cwd=repo, check=True, capture_output=True)
     _log().info("saved as DVC experiment %s: %s", name, results)
     with contextlib.suppress(ImpactXError):  # a stage never timed yet (all cached): nothing to predict from
-        ups, cacheable = dag(repo)
-        times = fill(list(ups), load_times(repo / layout.STAGE_TIMES))
-        _log().info("from the recorded stage times:\n%s", scaling_table(ups, times, cacheable))
+        _log().info("from the recorded stage times:\n%s", scaling(repo))
     table = repo / layout.TABLE_MD
     if table.exists():  # the Prefect UI's Artifacts tab: Table 2 of this run
         create_markdown_artifact(markdown=table.read_text(), key="impactx-comparison", description=f"Table 2 ({name})")
@@ -373,25 +371,29 @@ def _timing(outcome: str, seconds: float, restore: float, workers: int) -> dict:
     return {"outcome": outcome, "seconds": round(seconds, 3), "restore": round(restore, 3), "workers": workers}
 
 
+def _remote(repo: Path, verb: str) -> tuple[int, str, str]:
+    """`dvc <verb> --run-cache` against the default remote: its exit code, output, and last line of it."""
+    out = subprocess.run([DVC, verb, "--run-cache"], cwd=repo, capture_output=True, text=True, env=stage_env())
+    said = (out.stdout + out.stderr).strip()
+    return out.returncode, said, (said.splitlines()[-1] if said else f"exit {out.returncode}")
+
+
 def pull(repo: Path) -> None:
     """Outputs and run cache from the DVC remote into the shared cache, before any stage: a stage that
     another machine already ran is then restored from the run cache instead of run. Outputs the remote
     does not have yet are not an error: their stages will compute them."""
-    out = subprocess.run([DVC, "pull", "--run-cache"], cwd=repo, capture_output=True, text=True, env=stage_env())
-    said = (out.stdout + out.stderr).strip()
-    if out.returncode and "missing" not in said.lower():  # not DVC's "missing cache files": the remote is wrong
-        last = said.splitlines()[-1] if said else f"exit {out.returncode}"
+    code, said, last = _remote(repo, "pull")
+    if code and "missing" not in said.lower():  # not DVC's "missing cache files": the remote is wrong
         raise BadInput(f"dvc pull from the default remote failed: {last}; check `dvc remote list`")
-    _log().info("dvc pull --run-cache: %s", said.splitlines()[-1] if said else "nothing to pull")
+    _log().info("dvc pull --run-cache: %s", last)
 
 
 def push(repo: Path) -> None:
     """This run's outputs and run-cache entries to the default DVC remote, for the other machines."""
-    out = subprocess.run([DVC, "push", "--run-cache"], cwd=repo, capture_output=True, text=True, env=stage_env())
-    said = (out.stdout + out.stderr).strip()
-    if out.returncode:
-        raise StageFailed(f"dvc push to the default remote failed: {said.splitlines()[-1] if said else out.returncode}")
-    _log().info("dvc push --run-cache: %s", said.splitlines()[-1] if said else "nothing to push")
+    code, _, last = _remote(repo, "push")
+    if code:
+        raise StageFailed(f"dvc push to the default remote failed: {last}")
+    _log().info("dvc push --run-cache: %s", last)
 
 
 @contextlib.contextmanager
@@ -470,14 +472,18 @@ def main(argv=None):
 def predict(root: Path, times_file: Path | None = None) -> int:
     """Print impactx.schedule's table for this checkout's DAG (params.yaml as it is now) from the times the
     flow recorded (a foreach stage not measured takes its family's time: seeds [0..4] from a one-seed run)."""
-    ups, cacheable = dag(root)
     try:
-        times = fill(list(ups), load_times(times_file or root / layout.STAGE_TIMES))
+        print(scaling(root, times_file))
     except ImpactXError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(scaling_table(ups, times, cacheable))
     return 0
+
+
+def scaling(root: Path, times_file: Path | None = None) -> str:
+    """impactx.schedule's table for the checkout's DAG from the recorded (or the given) stage times."""
+    ups, cacheable = dag(root)
+    return scaling_table(ups, fill(list(ups), load_times(times_file or root / layout.STAGE_TIMES)), cacheable)
 
 
 if __name__ == "__main__":
