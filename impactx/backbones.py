@@ -7,7 +7,9 @@
 The LEP is the same backbone with `head` replaced. LeNet-5 and cnn3 (a small VGG-style CNN) are defined
 here. MobileNetV2 and EfficientNet-B2 are torchvision's models, cut at stride 4 (8×8 maps for 32×32
 inputs, as ABN's CIFAR networks), with ImageNet weights by torchvision name, from a local state_dict
-file, or none (`model.pretrained: false`).
+file, or none (`model.pretrained: false`). tf_efficientnet_b2 is timm's port of the TensorFlow
+EfficientNet-B2, the one with the noisy-student weights the paper used (`pip install -e ".[timm]"`), cut the
+same way.
 
 Add a backbone with @register("name"); its builder takes (in_channels, num_classes, image_size, ModelParams)."""
 
@@ -163,6 +165,13 @@ def _first_conv_to(features: nn.Sequential, in_channels: int) -> None:
     parent[0] = new
 
 
+def _load_error(e: RuntimeError) -> str:
+    """load_state_dict's complaint in one short line (a wrong file misses hundreds of keys)."""
+    lines = str(e).splitlines()
+    first = (lines[1] if len(lines) > 1 else lines[0]).strip()
+    return first if len(first) <= 120 else first[:120] + "…"
+
+
 def _torchvision_backbone(arch: str, split: int, in_channels, num_classes, image_size, params: ModelParams) -> Backbone:
     import torchvision.models
 
@@ -173,9 +182,8 @@ def _torchvision_backbone(arch: str, split: int, in_channels, num_classes, image
         try:
             net.load_state_dict(imagenet_state_dict(arch, params))
         except RuntimeError as e:
-            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
             raise ImpactXError(
-                f"the weights do not fit torchvision's {arch} ({first}): use a state_dict with its keys"
+                f"the weights do not fit torchvision's {arch} ({_load_error(e)}): use a state_dict with its keys"
             ) from None
     _first_conv_to(net.features, in_channels)
     dropout, fc = net.classifier[0], net.classifier[-1]
@@ -194,3 +202,87 @@ def mobilenet_v2(in_channels: int, num_classes: int, image_size: int, params: Mo
 def efficientnet_b2(in_channels: int, num_classes: int, image_size: int, params: ModelParams) -> Backbone:
     """torchvision EfficientNet-B2; stem = features[:3] (stride 4, 24 channels)."""
     return _torchvision_backbone("efficientnet_b2", 3, in_channels, num_classes, image_size, params)
+
+
+# ---------------------------------------------------------------- timm backbones (optional: the [timm] extra)
+
+TIMM_DEFAULT_TAG = {"tf_efficientnet_b2": "ns_jft_in1k"}  # model.weights DEFAULT: the paper's noisy-student weights
+
+
+def _timm_model(arch: str, params: ModelParams):
+    """timm's `arch`, with its pretrained weights from model.weights_path (the file timm's hub page holds:
+    model.safetensors or pytorch_model.bin), else downloaded from the Hugging Face hub; no weights when
+    model.pretrained is false."""
+    try:
+        import timm
+    except ImportError:
+        raise ImpactXError(f'backbone {arch} needs timm: pip install -e ".[timm]"') from None
+    if not params.pretrained:
+        return timm.create_model(arch, pretrained=False)
+    tag = TIMM_DEFAULT_TAG.get(arch, "") if params.weights == "DEFAULT" else params.weights
+    name = f"{arch}.{tag}" if tag else arch
+    if params.weights_path:
+        path = Path(params.weights_path)
+        if not path.is_file():
+            raise ImpactXError(f"model.weights_path {path} not found: point it at {name}'s model.safetensors")
+        overlay = {"file": str(path)}
+    else:
+        overlay = _hub_file(name)
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+    except RuntimeError as e:  # a file that is not this architecture's weights
+        raise ImpactXError(
+            f"model.weights_path does not fit timm's {arch} ({_load_error(e)}): use {name}'s file"
+        ) from None
+    except Exception as e:  # no network: huggingface_hub and requests raise their own types
+        if params.weights_path:
+            raise ImpactXError(
+                f"cannot read {params.weights_path} as {name} weights ({type(e).__name__}: {e})"
+            ) from None
+        raise ImpactXError(_no_hub(name, type(e).__name__)) from None
+
+
+def _no_hub(name: str, why: str) -> str:
+    return (
+        f"cannot download {name} from the Hugging Face hub ({why}): put model.safetensors (or pytorch_model.bin) "
+        f"from https://huggingface.co/timm/{name} on this machine and set model.weights_path to it, or set "
+        "model.pretrained: false"
+    )
+
+
+def _hub_file(name: str) -> dict:
+    """{} when the hub answers (timm downloads, or reads its cache); else the cached weights file, or one
+    line at once instead of huggingface_hub's minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+        return {}
+    except OSError:
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            cached = try_to_load_from_cache(f"timm/{name}", filename)
+            if isinstance(cached, str):
+                return {"file": cached}
+        raise ImpactXError(_no_hub(name, f"{host} unreachable")) from None
+
+
+@register("tf_efficientnet_b2")
+def tf_efficientnet_b2(in_channels: int, num_classes: int, image_size: int, params: ModelParams) -> Backbone:
+    """timm's tf_efficientnet_b2 (TensorFlow 'same' padding), weights `ns_jft_in1k` (noisy student, 260×260
+    inputs: set data.image_size: 260 to match them); stem = conv_stem, bn1 and blocks[:2] (stride 4, 24 channels)."""
+    if image_size < 32:
+        raise ImpactXError(f"tf_efficientnet_b2 needs images of at least 32×32, got {image_size}: set data.image_size")
+    net = _timm_model("tf_efficientnet_b2", params)
+    if in_channels != 3:
+        conv = net.conv_stem
+        new = type(conv)(in_channels, conv.out_channels, conv.kernel_size, conv.stride, bias=False)
+        with torch.no_grad():
+            new.weight.copy_(conv.weight.mean(1, keepdim=True).expand_as(new.weight))
+        net.conv_stem = new
+    stem = nn.Sequential(net.conv_stem, net.bn1, net.blocks[:2])
+    trunk = nn.Sequential(net.blocks[2:], net.conv_head, net.bn2, net.global_pool, nn.Dropout(0.3))
+    return Backbone(stem, trunk, nn.Linear(net.num_features, num_classes))

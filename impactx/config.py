@@ -53,10 +53,12 @@ class DataParams(Section):
 
 
 class ModelParams(Section):
-    backbone: str = "lenet5"  # lenet5 | cnn3 | mobilenet_v2 | efficientnet_b2 (impactx/backbones.py)
+    backbone: str = (
+        "lenet5"  # lenet5 | cnn3 | mobilenet_v2 | efficientnet_b2 | tf_efficientnet_b2 (impactx/backbones.py)
+    )
     pretrained: bool = False  # ImageNet weights for the torchvision backbones
     weights: str = "DEFAULT"  # torchvision weight name, e.g. IMAGENET1K_V1
-    weights_path: str | None = None  # a local state_dict with torchvision's keys, instead of downloading
+    weights_path: str | None = None  # a local weights file with torchvision's (or timm's) keys, instead of downloading
 
 
 class TrainParams(Section):

@@ -35,6 +35,20 @@ def class_mean_maps(maps: np.ndarray, labels: np.ndarray, num_classes: int) -> t
     return torch.from_numpy(out)
 
 
+def paired_with_others(maps: torch.Tensor, labels: np.ndarray, within_class: bool, seed: int) -> torch.Tensor:
+    """The shuffled-maps control's targets: every image gets the map of ANOTHER training image, of its own
+    class (within_class) or of any class. A seeded single cycle over each group (image order[i] takes the map
+    of order[i+1]), so no image keeps its own map; a class with one image keeps it."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    groups = [np.flatnonzero(labels == k) for k in np.unique(labels)] if within_class else [np.arange(len(labels))]
+    source = np.arange(len(labels))
+    for g in groups:
+        order = rng.permutation(g)
+        source[order] = np.roll(order, -1)
+    return maps[torch.from_numpy(source)]
+
+
 def save_maps(maps: np.ndarray, meta: dict, seed: int) -> None:
     """maps.npy (raw values) and maps.json (what produced them) of one seed, where layout puts them."""
     save_npy(layout.attribution_maps(seed), maps)

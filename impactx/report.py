@@ -134,6 +134,15 @@ def table2_page(paper: dict, studies: dict[str, dict]) -> str:
             f" {acc['mean']:.4f}{std} ({s['seeds']} seeds) | {100 * (acc['mean'] - e['test_accuracy']):+.2f} |"
             f" {vs_base} | [{e['ours']}]({e['ours']}.md) |"
         )
+    lines += ["", "## The paper's nine cells", "",
+              "Where each dataset × backbone cell of the paper's Table 2 stands here, and why a cell has not run.", "",
+              "| dataset | backbone | ours | recipe | status |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for c in paper.get("cells", []):
+        if c["ours"] and c["ours"] not in studies:
+            raise ImpactXError(f"{PAPER}: cell {c['dataset']} × {c['backbone']} names {c['ours']}, which has no result")
+        ours = f"[{c['ours']}]({c['ours']}.md)" if c["ours"] else "not run"
+        recipe = f"`{c['recipe']}`" if c["recipe"] else "-"
+        lines.append(f"| {c['dataset']} | {c['backbone']} | {ours} | {recipe} | {c['status']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -174,6 +174,8 @@ def train_model(
     validation epoch's weights are kept. `engine`: params.yaml's `training:` (float32 eager if None)."""
     seed_everything(seed)
     model.to(device)
+    if maps is not None and hasattr(model, "training_maps"):
+        maps = model.training_maps(maps, train.y, seed)  # the shuffled-maps controls pair them with other images
     extra = () if maps is None else (maps,)
     loader = make_loader(train, params.batch_size, device, *extra, shuffle=True, seed=seed)
     refresh = None

@@ -140,7 +140,7 @@ def main():
             params.impactx.model_dump(by_alias=True) | {"epochs": args.epochs} | change
         )
         seed_everything(args.seed)
-        model = build_impactx(a_copy(a, ds, params, args.seed), ds.info, settings)
+        model = build_impactx(stage1_of(ds, params, args.seed), settings)
         t0 = time.time()
         run = train_model(model, train, ds.val, settings, device, args.seed, recipe=params.recipe,
                           maps=torch.from_numpy(targets(evals)), desc=f"study {name}")  # fmt: skip
@@ -177,7 +177,7 @@ def capacity(a, ds, params, train: Split, maps: np.ndarray, probe, x_test, teach
     from impactx.train import augment
 
     seed_everything(seed)
-    imp = build_impactx(a, ds.info, ImpactxParams())
+    imp = build_impactx(stage1_of(ds, params, seed), ImpactxParams())
     x, r = to_float(train.x), torch.from_numpy(maps)
     onehot = lambda idx, xb: F.one_hot(torch.from_numpy(train.y[idx]), ds.info.num_classes).float()  # noqa: E731
     z = lambda idx, xb: imp.lep(imp.normalize(xb))  # noqa: E731
@@ -218,9 +218,9 @@ def capacity(a, ds, params, train: Split, maps: np.ndarray, probe, x_test, teach
     return out
 
 
-def a_copy(a, ds, params, seed):
-    """A fresh copy of stage 1 for each variant (IMPACTX freezes and wraps it)."""
-    return methods.load(layout.model("baseline", seed), ds.info, params.model)[1]
+def stage1_of(ds, params, seed) -> methods.Stage1:
+    """Stage 1 of `seed` for build_impactx: each variant gets its own fresh copy of A (IMPACTX freezes and wraps it)."""
+    return methods.Stage1(ds.info, params.model, layout.model("baseline", seed))
 
 
 def table(results: dict) -> str:

@@ -21,7 +21,10 @@ def no_network(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
 
-@pytest.mark.parametrize("name,channels", [("lenet5", 6), ("cnn3", 16), ("mobilenet_v2", 24), ("efficientnet_b2", 24)])
+@pytest.mark.parametrize(
+    "name,channels",
+    [("lenet5", 6), ("cnn3", 16), ("mobilenet_v2", 24), ("efficientnet_b2", 24), ("tf_efficientnet_b2", 24)],
+)
 @pytest.mark.parametrize("size", [32, 96])
 def test_backbone_parts_and_shapes(name, channels, size):
     net = build_backbone(name, 3, 7, size).eval()
@@ -85,3 +88,54 @@ def test_weights_that_do_not_fit_are_one_line(tmp_path, no_network):
         build_backbone(
             "mobilenet_v2", 3, 10, 32, ModelParams(backbone="mobilenet_v2", pretrained=True, weights_path=str(path))
         )
+
+
+TIMM = ModelParams(backbone="tf_efficientnet_b2", pretrained=True)
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """No route to the Hugging Face hub and an empty hub cache."""
+    import socket
+
+    import huggingface_hub
+
+    def fail(*a, **k):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", fail)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def test_timm_weights_from_a_local_file_and_grey_images(tmp_path, no_hub):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    reference = timm.create_model("tf_efficientnet_b2", pretrained=False)  # timm's keys, ImageNet's head
+    path = tmp_path / "model.safetensors"
+    save_file(reference.state_dict(), path)
+    params = TIMM.model_copy(update={"weights_path": str(path)})
+    net = build_backbone("tf_efficientnet_b2", 3, 10, 32, params)
+    assert torch.equal(net.stem[0].weight, reference.conv_stem.weight)
+    assert torch.equal(net.trunk[1].weight, reference.conv_head.weight)
+    grey = build_backbone("tf_efficientnet_b2", 1, 10, 32, params)  # the stem conv averaged over RGB
+    assert torch.allclose(grey.stem[0].weight[:, 0], reference.conv_stem.weight.mean(1))
+    assert grey(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_timm_offline_is_one_line_at_once_naming_the_file(no_hub):
+    pytest.importorskip("timm")
+    with pytest.raises(ImpactXError) as e:
+        build_backbone("tf_efficientnet_b2", 3, 10, 32, TIMM)
+    msg = str(e.value)
+    assert "\n" not in msg and "https://huggingface.co/timm/tf_efficientnet_b2.ns_jft_in1k" in msg
+    assert "model.weights_path" in msg and "model.pretrained: false" in msg
+
+
+def test_timm_weights_that_do_not_fit_are_one_line(tmp_path, no_hub):
+    pytest.importorskip("timm")
+    path = tmp_path / "wrong.pth"
+    torch.save({"conv_stem.weight": torch.zeros(1)}, path)
+    with pytest.raises(ImpactXError, match="does not fit timm's tf_efficientnet_b2") as e:
+        build_backbone("tf_efficientnet_b2", 3, 10, 32, TIMM.model_copy(update={"weights_path": str(path)}))
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400

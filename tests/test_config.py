@@ -42,7 +42,7 @@ def test_repo_params_are_valid():
         ("methods: [impactx_lambda0]\n", r"'impactx_lambda0' is not a stage-2 method"),
         (
             "controls: [abn]\n",
-            r"controls: Value error, 'abn' is not a control: use one of \['impactx_lambda0'\] or \[\]",
+            r"controls: Value error, 'abn' is not a control: use one of \['impactx_lambda0', 'impactx_shuffled_all', 'impactx_shuffled_class'\] or \[\]",
         ),
         ("impactx:\n  lambda: one\n", r"impactx.lambda: .*valid number.*'one'"),
         ("abn:\n  latent_dim: 8\n", "unknown key 'abn.latent_dim'"),

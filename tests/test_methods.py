@@ -41,9 +41,10 @@ def train_one_step(model, batch):
 
 
 def test_registry_holds_every_row():
-    assert methods.names() == ["baseline", "abn", "impactx", "impactx_lambda0", "wae"]
+    controls = ["impactx_lambda0", "impactx_shuffled_all", "impactx_shuffled_class"]
+    assert methods.names() == ["baseline", "abn", "impactx", *controls, "wae"]
     assert methods.names(controls=False) == ["abn", "impactx", "wae"]
-    assert methods.names(controls=True) == ["impactx_lambda0"]
+    assert methods.names(controls=True) == controls
     control = methods.get("impactx_lambda0")
     assert (control.section, control.control_of, control.fixed) == ("impactx", "impactx", {"lambda_": 0.0})
     assert methods.get("baseline").post_hoc and methods.get("baseline").section == "baseline"
@@ -53,7 +54,7 @@ def test_registry_holds_every_row():
         methods.get("gradcam")
 
 
-@pytest.mark.parametrize("name", ["impactx", "impactx_lambda0", "abn", "wae"])
+@pytest.mark.parametrize("name", ["impactx", "impactx_lambda0", "impactx_shuffled_class", "abn", "wae"])
 def test_every_method_explains_and_survives_its_checkpoint(setup, name, tmp_path):
     params, stage1, batch = setup
     method = methods.get(name)
@@ -82,6 +83,44 @@ def test_lambda0_control_is_impactx_without_the_map_loss(setup):
     assert all(p.grad is None or not p.grad.any() for p in model.decoder.parameters())  # D learns nothing
     full = methods.build("impactx", stage1, params).loss(*batch)
     assert torch.allclose(full["loss"], full["ce"] + params.impactx.lambda_ * full["mse"])
+
+
+def test_shuffled_controls_pair_each_image_with_another_images_map(setup):
+    params, stage1, _ = setup
+    labels = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 1, 2])
+    maps = torch.arange(12.0).view(12, 1, 1, 1).expand(12, 3, 32, 32)  # map i holds the value i
+    for name, same_class in (("impactx_shuffled_class", True), ("impactx_shuffled_all", False)):
+        control = methods.get(name)
+        settings = control.settings(params)
+        assert settings.lambda_ == params.impactx.lambda_  # the map loss stays on, at IMPACTX's λ
+        paired = methods.build(name, stage1, params).training_maps(maps, labels, seed=0)
+        source = paired[:, 0, 0, 0].long().numpy()
+        assert sorted(source) == list(range(12)) and (source != np.arange(12)).all()  # a permutation, no image kept
+        assert (labels[source] == labels).all() == same_class  # within class: always its class; across: not always
+        again = methods.build(name, stage1, params).training_maps(maps, labels, seed=0)
+        assert torch.equal(paired, again) and not torch.equal(paired, methods.build(name, stage1, params)
+                                                              .training_maps(maps, labels, seed=1))  # fmt: skip
+    assert methods.build("impactx", stage1, params).training_maps(maps, labels, seed=0) is maps  # its own maps
+
+
+def test_the_two_readings_lep_start_and_classifier_input(setup):
+    params, stage1, batch = setup
+    torch.manual_seed(3)
+    a0 = stage1.baseline(trained=False).backbone  # A's seeded initial weights, as stage 1 drew them
+    torch.manual_seed(3)
+    initial = methods.get("impactx").build(stage1, params.impactx.model_copy(update={"lep_init": "initial"}))
+    trained = methods.build("impactx", stage1, params)
+    for name, w in initial.lep.stem.state_dict().items():
+        assert torch.equal(w, a0.stem.state_dict()[name])
+        assert not torch.equal(w, trained.m.stem.state_dict()[name])  # not A's trained weights
+    assert torch.equal(trained.lep.stem[0].weight, trained.m.stem[0].weight)  # the default: a copy of A
+    pen = methods.get("impactx").build(stage1, params.impactx.model_copy(update={"classifier_input": "penultimate"}))
+    assert pen.c[0].in_features == pen.m.head.in_features + 32 and trained.c[0].in_features == 4 + 32
+    assert pen.explain(batch[0])[0].shape == (6, 4)
+    train_one_step(pen, batch)
+    with pytest.raises(ValueError, match="single_stage trains M on its logits"):
+        params.impactx.model_validate(params.impactx.model_dump(by_alias=True) | {
+            "training": "single_stage", "classifier_input": "penultimate"})  # fmt: skip
 
 
 def test_abn_attention_weights_the_perception_branch(setup):
@@ -115,9 +154,10 @@ def test_wae_feeds_the_probability_weighted_class_mean_map(setup):
     assert not torch.equal(model.backbone.stem[0].weight, model.a.stem[0].weight)  # its own copy trained
 
 
-@pytest.mark.parametrize("backbone", ["cnn3", "mobilenet_v2", "efficientnet_b2"])
+@pytest.mark.parametrize("backbone", ["cnn3", "mobilenet_v2", "efficientnet_b2", "tf_efficientnet_b2"])
 def test_every_method_on_the_other_backbones(tmp_path, backbone):
-    """Each method builds, trains a step, explains and reloads on cnn3 and the torchvision backbones (no weights)."""
+    """Each method builds, trains a step, explains and reloads on cnn3 and the pretrained cells' backbones
+    (torchvision's and timm's, no weights)."""
     torch.manual_seed(0)
     params = parse_params({"model": {"backbone": backbone}, "impactx": {"latent_dim": 16}})
     path = tmp_path / "baseline.pt"

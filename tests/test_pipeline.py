@@ -173,7 +173,7 @@ def changed_stages(root) -> set[str]:
 @pytest.mark.parametrize(
     "change,expected",
     [
-        ({"impactx": {"lambda": 0.4}}, {"train@impactx-0", "train@impactx-1", CHECK}),  # not the control
+        ({"impactx": {"lambda": 0.4}}, {"train@impactx-0", "train@impactx-1", *CONTROL, CHECK}),  # controls read it
         ({"impactx": {"epochs": 3}}, {"train@impactx-0", "train@impactx-1", *CONTROL, CHECK}),  # the control shares it
         ({"abn": {"lr": 0.01}}, {"train@abn-0", "train@abn-1", CHECK}),
         ({"wae": {"batch_size": 16}}, {"train@wae-0", "train@wae-1", CHECK}),
@@ -226,9 +226,9 @@ def test_a_teachers_maps_are_computed_once_for_every_seed(project):
 
 
 @pytest.mark.e2e
-def test_a_queued_grid_reruns_impactx_only_and_logs_every_run_into_the_projects_store(project):
+def test_a_queued_grid_reruns_impactx_and_its_controls_only_and_logs_every_run_into_the_projects_store(project):
     """The docs' grid search: queued experiments run in DVC's temporary workspaces, each re-runs IMPACTX's
-    stages only, and their MLflow runs and registry versions land in the project's mlflow.db, not in a
+    stages (and its controls') only, and their MLflow runs and registry versions land in the project's mlflow.db, not in a
     copy DVC deletes."""
     root, _ = project
     from mlflow.tracking import MlflowClient
@@ -240,7 +240,8 @@ def test_a_queued_grid_reruns_impactx_only_and_logs_every_run_into_the_projects_
         runs = client.search_runs([exp_id], "", max_results=5000)
         stages = [r.data.tags.get("dvc_stage") for r in runs]
         versions = client.search_model_versions("name = 'digits-lenet5-impactx'")
-        others = sum(r.data.tags.get("method") not in (None, "impactx") for r in runs)  # another method's stage
+        ours = (None, "impactx", "impactx_lambda0")  # IMPACTX's controls read λ too (dvc.yaml)
+        others = sum(r.data.tags.get("method") not in ours for r in runs)  # another method's stage
         return (
             stages.count("train@impactx-0") + stages.count("train@impactx-1"),
             stages.count("evaluate@impactx"),

@@ -12,14 +12,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from impactx import attribution
-from impactx.backbones import with_new_head
+from impactx.backbones import Backbone, with_new_head
 from impactx.config import TrainParams
-from impactx.data import DatasetInfo
-from impactx.maps import scale_maps
+from impactx.maps import paired_with_others, scale_maps
 from impactx.methods import Stage1, register
 from impactx.model import Classifier
 
@@ -38,11 +37,25 @@ class ImpactxParams(TrainParams):
     refresh_every: int = Field(5, gt=0)  # single_stage: new maps from the current M every this many epochs
     refresh_method: str = "integrated_gradients"  # single_stage: R of the refreshes (pick a cheap one)
     refresh_cost: int = Field(32, gt=0)  # its evaluations per image: SHAP max_evals, IG steps, GradientSHAP samples
+    # two readings of the paper (docs: methods): where the LEP starts, and which features of M the classifier reads
+    lep_init: Literal["trained", "initial"] = "trained"  # a copy of A's trained backbone, or of A's initial weights
+    classifier_input: Literal["logits", "penultimate"] = "logits"  # m = M's K logits, or the features its last FC reads
+    # the shuffled-maps controls: own = each image's map; else another training image's (same class, or any)
+    map_pairing: Literal["own", "within_class", "across_classes"] = "own"
 
     @field_validator("refresh_method")
     @classmethod
     def _refresh_method(cls, v: str) -> str:
         return attribution.check_name(v)
+
+    @model_validator(mode="after")
+    def _single_stage(self):
+        if self.training == "single_stage" and (self.classifier_input != "logits" or self.map_pairing != "own"):
+            raise ValueError(
+                "single_stage trains M on its logits and refreshes each image's own map: it needs "
+                "classifier_input: logits and map_pairing: own (or set training: two_stage)"
+            )
+        return self
 
 
 def standardize(r: torch.Tensor) -> torch.Tensor:
@@ -111,6 +124,9 @@ class ImpactX(nn.Module):
         map_loss: str = "mse",
         decoder_input: str = "layernorm",
         refresh: dict | None = None,
+        lep_from: Backbone | None = None,
+        classifier_input: str = "logits",
+        map_pairing: str = "own",
     ):
         super().__init__()
         self.lam = lam  # λ, the weight of the map loss (a training setting: not in the state_dict)
@@ -119,6 +135,8 @@ class ImpactX(nn.Module):
         self.refresh = refresh
         self.target = target  # how the batch's max-abs scaled maps become regression targets
         self.map_loss = map_loss  # mse | pearson
+        self.map_pairing = map_pairing  # own | within_class | across_classes (training_maps)
+        self.penultimate = classifier_input == "penultimate"  # C reads M's features before its last FC
         c, h, _ = image_shape
         self.normalize = baseline.normalize
         self.m = baseline.backbone
@@ -127,13 +145,16 @@ class ImpactX(nn.Module):
         head = self.m.head
         assert isinstance(head, nn.Linear)  # every registered backbone ends in one FC
         in_features = head.in_features
-        self.lep = with_new_head(self.m, nn.Sequential(nn.Linear(in_features, latent_dim), nn.Sigmoid()))
+        # the LEP: a copy of A's trained backbone (default), or of `lep_from` (A's initial weights)
+        lep_base = self.m if lep_from is None else lep_from
+        self.lep = with_new_head(lep_base, nn.Sequential(nn.Linear(in_features, latent_dim), nn.Sigmoid()))
         for p in self.lep.parameters():
             p.requires_grad_(True)
         self.decoder = Decoder(
             latent_dim, c, h, decoder_width, bounded=target == "max_abs", normalize_input=decoder_input == "layernorm"
         )
-        self.c = nn.Sequential(nn.Linear(num_classes + latent_dim, 256), nn.ReLU(), nn.Linear(256, num_classes))
+        m_dim = in_features if self.penultimate else num_classes
+        self.c = nn.Sequential(nn.Linear(m_dim + latent_dim, 256), nn.ReLU(), nn.Linear(256, num_classes))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -144,7 +165,8 @@ class ImpactX(nn.Module):
     def _logits_and_z(self, x):
         xn = self.normalize(x)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.refresh is not None):
-            m = self.m(xn)  # N×K; frozen in two-stage training
+            # N×K logits (or N×F penultimate features); frozen in two-stage training
+            m = self.m.trunk(self.m.stem(xn)) if self.penultimate else self.m(xn)
         z = self.lep(xn)  # N×latent_dim, in (0, 1)
         return self.c(torch.cat([m, z], dim=1)), z
 
@@ -154,6 +176,13 @@ class ImpactX(nn.Module):
 
     def forward(self, x):  # the class alone skips the decoder: SHAP and MoRF of this model call it often
         return self._logits_and_z(x)[0]
+
+    def training_maps(self, maps: torch.Tensor, labels, seed: int) -> torch.Tensor:
+        """The targets train_model pairs with the training images: their own maps, or (the shuffled
+        controls) another image's, a seeded permutation within each class or across classes."""
+        if self.map_pairing == "own":
+            return maps
+        return paired_with_others(maps, labels, self.map_pairing == "within_class", seed)
 
     def refresh_maps(self, epoch: int, x: torch.Tensor, y, device) -> torch.Tensor | None:
         """Single-stage training: at the start of epochs 1 + k·every (k ≥ 1), the scaled maps R(A, x, y) of
@@ -190,15 +219,20 @@ def impactx_loss(logits, y, map_pred, map_target, lam: float, map_loss: str = "m
     return ce + lam * m, ce, m
 
 
-def build_impactx(baseline: Classifier, info: DatasetInfo, settings: ImpactxParams) -> ImpactX:
+def build_impactx(stage1: Stage1, settings: ImpactxParams) -> ImpactX:
+    """IMPACTX on stage 1. lep_init initial: A's seeded initial weights are built first, right after
+    seed_everything, so they are the very weights stage 1 started from (as ABN's)."""
+    lep_from = stage1.baseline(trained=False).backbone if settings.lep_init == "initial" else None
+    info = stage1.info
     return ImpactX(
-        baseline, info.num_classes, info.image_shape, settings.latent_dim, settings.lambda_, settings.target,
+        stage1.baseline(), info.num_classes, info.image_shape, settings.latent_dim, settings.lambda_, settings.target,
         settings.decoder_width, settings.map_loss, settings.decoder_input,
         None if settings.training == "two_stage" else
         {"every": settings.refresh_every, "method": settings.refresh_method, "cost": settings.refresh_cost},
+        lep_from, settings.classifier_input, settings.map_pairing,
     )  # fmt: skip
 
 
 @register("impactx", label="IMPACTX", map_kind="D(LEP(x))", params=ImpactxParams)
 def impactx(stage1: Stage1, settings: ImpactxParams):
-    return build_impactx(stage1.baseline(), stage1.info, settings)
+    return build_impactx(stage1, settings)

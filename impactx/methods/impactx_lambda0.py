@@ -15,4 +15,4 @@ from impactx.methods.impactx import build_impactx
     fixed={"lambda_": 0.0},
 )
 def impactx_lambda0(stage1: Stage1, settings):
-    return build_impactx(stage1.baseline(), stage1.info, settings)
+    return build_impactx(stage1, settings)
