@@ -41,9 +41,19 @@ def summary(rows: list[dict], seeds: list[int], lambdas: list[float]) -> dict:
                 "val_minus_baseline": statistics.fmean(r[METRIC] - r["baseline_val_accuracy"] for r in cells),
             }
     complete = all(per.get(str(lam), {}).get("seeds") == len(seeds) for lam in lambdas)
-    best = max(per, key=lambda k: per[k]["val_accuracy"]) if complete else None
+    best = max(per, key=lambda k: per[k]["val_accuracy"]) if complete else None  # a tie: the first (smallest) λ
+    means = [v["val_accuracy"] for v in per.values()]
     return {"per_lambda": per, "complete": complete, "chosen_lambda": float(best) if best else None,
-            "chosen_by": f"mean {METRIC} over seeds (validation split)"}  # fmt: skip
+            "chosen_by": f"mean {METRIC} over seeds (validation split); a tie goes to the smaller λ",
+            "spread_over_lambdas": max(means) - min(means) if means else None}  # fmt: skip
+
+
+def write(out: Path, rows: list[dict], base: dict, command: str, seeds: list[int], lambdas: list[float]) -> None:
+    commits = sorted({r["commit"] for r in rows if r.get("commit")})
+    provenance = {"recipe": f"studies/recipes/{out.stem}.yaml", "command": command, "commit": ", ".join(commits),
+                  "commit_is": "the code that ran each cell (the rows' commit)", "machine": study.machine(),
+                  "params": {**base, "methods": ["impactx"], "controls": []}}  # fmt: skip
+    save_json(out, {"provenance": provenance, "rows": rows, **summary(rows, seeds, lambdas)})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,11 +84,10 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"seed": seed, "lambda": lam, METRIC: trained[METRIC], "best_epoch": trained["best_epoch"],
                          "epochs_run": trained["epochs_run"], "baseline_val_accuracy": baseline[METRIC],
                          "commit": study.head_commit(), "wall_s": round(time.perf_counter() - t0, 1)})  # fmt: skip
-            provenance = {"recipe": f"studies/recipes/{name}.yaml", "command": command, "commit": study.head_commit(),
-                          "machine": study.machine(), "params": {**base, "methods": ["impactx"], "controls": []}}  # fmt: skip
-            save_json(args.out, {"provenance": provenance, "rows": rows,
-                                 **summary(rows, args.seeds, args.lambdas)})  # fmt: skip
+            write(args.out, rows, base, command, args.seeds, args.lambdas)
             print(f"  {METRIC} {trained[METRIC]:.4f} (stage 1: {baseline[METRIC]:.4f}) -> {args.out}", flush=True)
+    if rows:  # the summary of what ran (also after a run that had nothing left to do)
+        write(args.out, rows, base, command, args.seeds, args.lambdas)
 
 
 if __name__ == "__main__":

@@ -49,3 +49,6 @@ def test_the_grid_chooses_lambda_on_validation_only_once_every_cell_ran():
     assert partial["per_lambda"]["0.2"] == pytest.approx({"seeds": 2, "val_accuracy": 0.62, "val_minus_baseline": 0.12})
     done = grid.summary([*rows, row(1, 1.0, 0.61)], [0, 1], [0.2, 1.0])
     assert done["complete"] and done["chosen_lambda"] == 0.2  # 0.62 against 0.615
+    assert done["spread_over_lambdas"] == pytest.approx(0.005)
+    tie = grid.summary([row(0, 0.2, 0.6), row(0, 1.0, 0.6)], [0], [0.2, 1.0])
+    assert tie["chosen_lambda"] == 0.2  # a tie goes to the smaller λ
