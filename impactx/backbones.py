@@ -150,19 +150,16 @@ def imagenet_state_dict(arch: str, params: ModelParams) -> dict:
         ) from None
 
 
-def _first_conv_to(features: nn.Sequential, in_channels: int) -> None:
-    """Give the first convolution `in_channels` inputs (grey images); pretrained filters are averaged over RGB."""
-    parent = features[0]
-    assert isinstance(parent, nn.Sequential)
-    conv = parent[0]
-    assert isinstance(conv, nn.Conv2d)
+def _with_inputs(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """The same convolution (its class too: timm's 'same'-padding one stays one) with `in_channels` inputs
+    (grey images); pretrained filters are averaged over RGB."""
     if conv.in_channels == in_channels:
-        return
+        return conv
     shape: dict = {"kernel_size": conv.kernel_size, "stride": conv.stride, "padding": conv.padding}
-    new = nn.Conv2d(in_channels, conv.out_channels, **shape, bias=conv.bias is not None)
+    new = type(conv)(in_channels, conv.out_channels, **shape, bias=conv.bias is not None)
     with torch.no_grad():
         new.weight.copy_(conv.weight.mean(1, keepdim=True).expand_as(new.weight))
-    parent[0] = new
+    return new
 
 
 def _load_error(e: RuntimeError) -> str:
@@ -185,7 +182,9 @@ def _torchvision_backbone(arch: str, split: int, in_channels, num_classes, image
             raise ImpactXError(
                 f"the weights do not fit torchvision's {arch} ({_load_error(e)}): use a state_dict with its keys"
             ) from None
-    _first_conv_to(net.features, in_channels)
+    first = net.features[0]
+    assert isinstance(first, nn.Sequential) and isinstance(first[0], nn.Conv2d)
+    first[0] = _with_inputs(first[0], in_channels)
     dropout, fc = net.classifier[0], net.classifier[-1]
     stem = net.features[:split]
     trunk = nn.Sequential(net.features[split:], nn.AdaptiveAvgPool2d(1), nn.Flatten(), dropout)
@@ -277,12 +276,7 @@ def tf_efficientnet_b2(in_channels: int, num_classes: int, image_size: int, para
     if image_size < 32:
         raise ImpactXError(f"tf_efficientnet_b2 needs images of at least 32×32, got {image_size}: set data.image_size")
     net = _timm_model("tf_efficientnet_b2", params)
-    if in_channels != 3:
-        conv = net.conv_stem
-        new = type(conv)(in_channels, conv.out_channels, conv.kernel_size, conv.stride, bias=False)
-        with torch.no_grad():
-            new.weight.copy_(conv.weight.mean(1, keepdim=True).expand_as(new.weight))
-        net.conv_stem = new
+    net.conv_stem = _with_inputs(net.conv_stem, in_channels)
     stem = nn.Sequential(net.conv_stem, net.bn1, net.blocks[:2])
     trunk = nn.Sequential(net.blocks[2:], net.conv_head, net.bn2, net.global_pool, nn.Dropout(0.3))
     return Backbone(stem, trunk, nn.Linear(net.num_features, num_classes))
