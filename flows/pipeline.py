@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -60,6 +61,10 @@ PROGRESS_EVERY = 30.0  # seconds between two logged progress-bar lines
 MAX_SLOTS = 64  # the task runner's threads: the most worker slots one flow run can use
 DONE = ("ran", "skipped")  # a stage's result when its outputs are in the checkout
 DVC = str(Path(sys.executable).parent / "dvc")  # this environment's, whatever PATH the worker has
+# A CPU slot's thread count, for every pool a stage may start: torch (OpenMP), MKL, and numpy's OpenBLAS (shap's
+# and the masker's arrays). A pool left at the core count oversubscribes the cores: two attribution stages side
+# by side took 38 s with one thread each and 101 s with two each (digits, this 2-core machine).
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class BadInput(RuntimeError):
@@ -260,9 +265,7 @@ def open_slots(repo: Path, workers: int, gpus: list[str] | None = None) -> list[
         if made.returncode:
             raise BadInput(f"git worktree add {path} failed ({made.stderr.strip()}): commit once, or give --workers 1")
         subprocess.run([DVC, "config", "--local", "cache.dir", cache], cwd=path, check=True, capture_output=True)
-        own = (
-            {"CUDA_VISIBLE_DEVICES": str(gpus[i])} if gpus else {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        )
+        own = {"CUDA_VISIBLE_DEVICES": str(gpus[i])} if gpus else dict.fromkeys(THREAD_VARS, threads)
         slots.append(Slot(path, {**shared, **own}))
     return slots
 
@@ -291,27 +294,61 @@ def sync(repo: Path, slot: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def restore(repo: Path, stage: str) -> None:
-    """The stage a slot ran, taken into the checkout: DVC's run cache restores its outputs and dvc.lock
-    entry (a slot's "didn't change" is the checkout's too)."""
-    out = subprocess.run([DVC, "repro", "--single-item", stage], cwd=repo, capture_output=True, text=True,
+def restore(repo: Path, stages: list[str]) -> None:
+    """The stages the slots ran, taken into the checkout in one `dvc repro --single-item` (in the DAG's order,
+    so dvc.lock lists them as a sequential `dvc repro` does): DVC's run cache restores their outputs and
+    dvc.lock entries without running them."""
+    if not stages:
+        return
+    out = subprocess.run([DVC, "repro", "--single-item", *stages], cwd=repo, capture_output=True, text=True,
                          env=stage_env())  # fmt: skip
     if out.returncode:
-        raise StageFailed(f"stage {stage}: taking its outputs into the checkout failed: {out.stderr.strip()[-300:]}")
-    if "Running stage" in out.stdout and "is cached" not in out.stdout:
-        _log().warning("stage %s was not in the run cache: it ran again in the checkout", stage)
+        raise StageFailed(f"taking {', '.join(stages)} into the checkout failed: {out.stderr.strip()[-300:]}")
+    if ran := [s for s in stages if f"Running stage '{s}'" in out.stdout]:  # DVC says so only when it runs one
+        _log().warning("not in the run cache, so run again in the checkout: %s", ", ".join(ran))
+
+
+def read_lock(root: Path) -> dict[str, Any]:
+    """dvc.lock's stage entries (none before a first run)."""
+    path = root / "dvc.lock"
+    return (yaml.safe_load(path.read_text()) or {}).get("stages", {}) if path.exists() else {}
+
+
+def give_lock(slot: Path, entries: dict[str, Any]) -> None:
+    """The slot's dvc.lock: the checkout's with `entries` (stages other slots ran, not yet restored) over it,
+    so the slot checks out their outputs from the shared cache."""
+    if entries:
+        body = {"schema": "2.0", "stages": {**read_lock(slot), **entries}}
+        (slot / "dvc.lock").write_text(yaml.safe_dump(body, sort_keys=False))
 
 
 def fan_out(
     repo: Path, workers: int, gpus: list[str] | None = None, timed: dict | None = None, pull: bool = False
 ) -> dict[str, str]:
     """Every stage as soon as its upstream stages are done, up to `workers` at once, each in a slot.
+    A slot's stage reaches the stages after it through the shared cache and the dvc.lock entry the loop
+    hands on; the checkout takes the slots' stages in batches, one `dvc repro` each (before a stage that runs
+    in the checkout, and at the end), so it never holds up the scheduling.
     A failed stage's descendants are "upstream failed"; the others finish; then the first error is raised.
-    `timed` gets each finished stage's seconds (and its restore's); `pull` as dvc_stage's."""
+    `timed` gets each finished stage's seconds (and its share of a batch restore); `pull` as dvc_stage's."""
     timed = {} if timed is None else timed
     ups, cacheable = dag(repo)
     results: dict[str, str] = {}
     errors: dict[str, BaseException] = {}
+    unrestored: dict[str, Any] = {}  # stage -> its dvc.lock entry, for the stages slots ran and the checkout lacks
+
+    def take_in() -> None:  # the unrestored stages into the checkout, in the DAG's order
+        batch = [s for s in ups if s in unrestored]
+        started = time.monotonic()
+        try:
+            restore(repo, batch)
+        except StageFailed as e:
+            results.update(dict.fromkeys(batch, "failed"))
+            errors.update(dict.fromkeys(batch, e))
+        for s in batch:
+            timed[s]["restore"] = round((time.monotonic() - started) / len(batch), 3)
+        unrestored.clear()
+
     slots = open_slots(repo, workers, gpus)
     free, running = list(slots), {}
     try:
@@ -326,6 +363,7 @@ def fan_out(
                 if not all(results.get(u) in DONE for u in upstream):
                     continue
                 if stage not in cacheable:  # nothing the run cache restores: it runs in the checkout
+                    take_in()
                     try:
                         results[stage], seconds = in_checkout(stage, repo, pull)
                         timed[stage] = _timing(results[stage], seconds, 0.0, workers)
@@ -335,6 +373,7 @@ def fan_out(
                     continue
                 slot = free.pop(0)
                 sync(repo, slot.path)
+                give_lock(slot.path, unrestored)
                 future = dvc_stage.submit(
                     stage, str(slot.path), slot.env, [u for u in upstream if u in cacheable], pull
                 )
@@ -351,13 +390,10 @@ def fan_out(
             if isinstance(outcome, BaseException):
                 results[stage], errors[stage] = "failed", outcome
                 continue
-            try:
-                started = time.monotonic()
-                restore(repo, stage)
-                results[stage], seconds = outcome
-                timed[stage] = _timing(results[stage], seconds, time.monotonic() - started, workers)
-            except StageFailed as e:
-                results[stage], errors[stage] = "failed", e
+            results[stage], seconds = outcome
+            timed[stage] = _timing(results[stage], seconds, 0.0, workers)
+            unrestored[stage] = read_lock(slot.path)[stage]
+        take_in()
     finally:
         for slot in slots:
             close_slot(repo, slot.path)

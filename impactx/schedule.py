@@ -4,7 +4,7 @@ The fan-out flow (flows/pipeline.py) records how long each stage took (layout.ST
 and the DAG, `critical_path` gives the longest chain of stages (no number of workers runs faster than it),
 and `simulate` replays the flow's own scheduling: stages in dvc.yaml's order, each as soon as its upstream
 stages are done and a slot is free; a stage that writes nothing runs in the checkout and holds up the
-scheduling loop while it runs, and so does taking a finished stage's outputs into the checkout (restore).
+scheduling loop while it runs, after the checkout has taken in (restored) the stages the slots ran.
 The prediction assumes a stage takes as long in a slot as it took when it was measured: on a CPU-only
 machine, where the slots split the cores, it is the wall time the stages would reach with a core each.
 
@@ -27,7 +27,7 @@ from impactx.io import atomic_write
 
 class StageTime(NamedTuple):
     seconds: float  # the stage's task: checking out its inputs and `dvc repro --single-item` (run or skipped)
-    restore: float = 0.0  # taking its outputs into the checkout after a slot ran it (0 when run in the checkout)
+    restore: float = 0.0  # its share of the batch that took it into the checkout after a slot ran it (0: ran there)
 
 
 def sibling(stage: str) -> str:
@@ -80,17 +80,20 @@ def critical_path(ups: dict[str, list[str]], times: dict[str, StageTime]) -> tup
 
 def simulate(ups: dict[str, list[str]], times: dict[str, StageTime], cacheable: set[str], workers: int) -> float:
     """The flow's wall time with `workers` slots: one slot runs every stage in the checkout, one after the
-    other, nothing restored; more slots schedule as flows.pipeline.fan_out does."""
+    other, nothing restored; more slots schedule as flows.pipeline.fan_out does: the checkout takes the
+    slots' stages in one batch before a stage that runs there, and at the end."""
     if workers == 1:
         return sum(times[s].seconds for s in ups)
     now, done, running, free = 0.0, set(), {}, workers  # running: stage -> the time it finishes
+    unrestored: list[str] = []
     while True:
         progressed = False
         for stage, upstream in ups.items():
             if stage in done or stage in running or not free or not all(u in done for u in upstream):
                 continue
-            if stage not in cacheable:  # in the checkout: the loop waits for it
-                now += times[stage].seconds
+            if stage not in cacheable:  # in the checkout, after the batch restore: the loop waits for both
+                now += sum(times[s].restore for s in unrestored) + times[stage].seconds
+                unrestored.clear()
                 done.add(stage)
                 progressed = True
                 continue
@@ -98,10 +101,11 @@ def simulate(ups: dict[str, list[str]], times: dict[str, StageTime], cacheable: 
         if not running:
             if progressed:
                 continue
-            return now
+            return now + sum(times[s].restore for s in unrestored)
         stage = min(running, key=running.__getitem__)
-        now = max(now, running.pop(stage)) + times[stage].restore  # the loop restores it into the checkout
+        now = max(now, running.pop(stage))
         done.add(stage)
+        unrestored.append(stage)
         free += 1
 
 

@@ -106,8 +106,11 @@ def test_a_failed_stage_stops_its_descendants_only(monkeypatch, tmp_path):
     monkeypatch.setattr(
         flows, "open_slots", lambda repo, n, gpus: [flows.Slot(tmp_path / f"s{i}", {}) for i in range(n)]
     )
-    for name in ("close_slot", "sync", "restore"):
+    for name in ("close_slot", "sync", "give_lock"):
         monkeypatch.setattr(flows, name, lambda *a: None)
+    batches = []  # what the checkout took in, batch by batch
+    monkeypatch.setattr(flows, "restore", lambda repo, stages: batches.append(stages) if stages else None)
+    monkeypatch.setattr(flows, "read_lock", lambda root: {s: {"cmd": s} for s in ups})
     monkeypatch.setattr(flows, "dvc_stage", Stage())
     monkeypatch.setattr(flows, "in_checkout", lambda stage, repo, pull: started.append(stage) or ("ran", 0.5))
     monkeypatch.setattr(flows, "as_completed", iter)
@@ -116,6 +119,7 @@ def test_a_failed_stage_stops_its_descendants_only(monkeypatch, tmp_path):
         flows.fan_out(tmp_path, 2, timed=timed)
     assert set(started) == set(ups) - {"evaluate@0", "compare"}
     assert set(timed) == {"check_params", "fetch", "train@1", "evaluate@1"}  # finished and taken into the checkout
+    assert batches == [["fetch", "train@1", "evaluate@1"]]  # one batch at the end, in the DAG's order
 
 
 @pytest.mark.e2e
@@ -171,6 +175,7 @@ def test_two_worker_slots_end_with_the_outputs_and_lock_of_a_sequential_repro(
     assert set(state.result().values()) == {"ran"} and set(state.result()) == set(ups)
     lock = lambda root: yaml.safe_load((root / "dvc.lock").read_text())["stages"]  # noqa: E731
     assert lock(fanned) == lock(sequential)  # every dep, param and output hash
+    assert list(lock(fanned)) == list(lock(sequential))  # taken in batches in the DAG's order: the same order
     for entry in lock(sequential).values():
         for out in entry.get("outs", []):
             if (sequential / out["path"]).is_file():

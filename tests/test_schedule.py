@@ -7,36 +7,42 @@ import pytest
 from impactx import ImpactXError
 from impactx.schedule import StageTime, critical_path, fill, load_times, record_times, sibling, simulate, table
 
-# check_params (writes nothing: in the checkout) → fetch → two seeds' train → one evaluate over both
+# check_params (writes nothing: in the checkout) → fetch → two seeds' train → one evaluate over both → compare
+# (outputs git keeps: in the checkout)
 UPS = {
     "check_params": [],
     "fetch": [],
     "train@0": ["fetch"],
     "train@1": ["fetch"],
     "evaluate": ["train@0", "train@1"],
+    "compare": ["evaluate"],
 }
-CACHEABLE = set(UPS) - {"check_params"}
+CACHEABLE = set(UPS) - {"check_params", "compare"}
 T = {
     "check_params": StageTime(2.0),
     "fetch": StageTime(4.0, 1.0),
     "train@0": StageTime(30.0, 1.0),
     "train@1": StageTime(20.0, 1.0),
     "evaluate": StageTime(10.0, 1.0),
+    "compare": StageTime(3.0),
 }
 
 
 def test_the_critical_path_is_the_longest_chain_restores_included():
     length, path = critical_path(UPS, T)
-    assert path == ["fetch", "train@0", "evaluate"]
-    assert length == 5 + 31 + 11
+    assert path == ["fetch", "train@0", "evaluate", "compare"]
+    assert length == 5 + 31 + 11 + 3
 
 
 def test_one_worker_is_the_sum_and_more_workers_replay_the_flows_schedule():
-    assert simulate(UPS, T, CACHEABLE, 1) == 66.0  # every stage in the checkout, nothing restored
-    # check_params holds the loop 2 s; fetch 2→6, restored →7; both trains start at 7: train@1 ends 27,
-    # restored →28; train@0 ends 37, restored →38; evaluate 38→48, restored →49
-    assert simulate(UPS, T, CACHEABLE, 2) == 49.0
-    assert simulate(UPS, T, CACHEABLE, 8) == 49.0  # no more parallelism in the DAG than two
+    assert simulate(UPS, T, CACHEABLE, 1) == 69.0  # every stage in the checkout, nothing restored
+    # check_params holds the loop 2 s; fetch 2→6; both trains start at 6 (the slots need no restore):
+    # train@1 ends 26, train@0 36; evaluate 36→46; compare waits for the checkout to take in the four
+    # stages (one batch, 4 s) →50, and runs there →53
+    assert simulate(UPS, T, CACHEABLE, 2) == 53.0
+    assert simulate(UPS, T, CACHEABLE, 8) == 53.0  # no more parallelism in the DAG than two
+    without_compare = {s: u for s, u in UPS.items() if s != "compare"}
+    assert simulate(without_compare, T, CACHEABLE, 2) == 50.0  # the last batch at the end
     assert simulate(UPS, T, CACHEABLE, 8) >= critical_path(UPS, T)[0]
 
 
