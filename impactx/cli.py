@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,11 @@ def load_model(uri: str, tracking: str | None, device: str):
 
     if tracking:
         mlflow.set_tracking_uri(tracking)
+    elif uri.startswith(("models:/", "runs:/")):  # MLflow's default store would be a new, empty ./mlflow.db
+        raise ImpactXError(
+            f"no tracking store to find '{uri}' in: run in the impactx project (its params.yaml names the store), "
+            "or give --tracking-uri / MLFLOW_TRACKING_URI"
+        )
     try:
         model = mlflow.pyfunc.load_model(uri, model_config={"device": device})
     except (MlflowException, OSError, ValueError) as e:
@@ -121,11 +127,17 @@ def explain(args) -> None:
 
 
 def unique_names(files: list[Path]) -> list[str]:
-    """Output names: the file's stem, with its folder when two files share a stem."""
-    stems = [f.stem for f in files]
-    return [
-        s if stems.count(s) == 1 else "_".join([*f.parent.parts[-2:], s]) for f, s in zip(files, stems, strict=False)
-    ]
+    """Output names, one per file, never the same twice: the file's stem; a stem several files share gets
+    its folder and suffix (dup/x.png → dup_x_png); a name still taken (the same file given twice) gets -2, -3."""
+    stems = Counter(f.stem for f in files)
+    names: list[str] = []
+    for f in files:
+        name = f.stem if stems[f.stem] == 1 else "_".join([*f.parent.parts[-2:], f.stem, f.suffix.lstrip(".")])
+        base, k = name, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
 
 
 def parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from impactx import ImpactXError, layout
 from impactx.config import DataParams
-from impactx.io import atomic_write, save_json
+from impactx.io import atomic_write, read, save_json
 
 
 @dataclass
@@ -274,8 +274,12 @@ def load(prepared_dir: str | Path = layout.PREPARED) -> Dataset:
     info = load_info(prepared_dir)
     if not (prepared_dir / layout.DATASET).exists():
         raise ImpactXError(f"{prepared_dir / layout.DATASET} not found: run the fetch_data stage first (dvc repro)")
-    with np.load(prepared_dir / layout.DATASET) as z:
-        splits = {n: Split(z[f"x_{n}"], z[f"y_{n}"]) for n in ("train", "val", "test")}
+
+    def splits_of(path: Path) -> dict[str, Split]:
+        with np.load(path) as z:
+            return {n: Split(z[f"x_{n}"], z[f"y_{n}"]) for n in ("train", "val", "test")}
+
+    splits = read(prepared_dir / layout.DATASET, splits_of)
     return Dataset(splits["train"], splits["val"], splits["test"], info)
 
 

@@ -7,11 +7,16 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
+import stat
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from impactx import ImpactXError
 
 
 @contextlib.contextmanager
@@ -33,14 +38,26 @@ def exclusive_lock(path: Path, on_wait=None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def new_file_mode(path: Path) -> int:
+    """The mode `path` should end with: the mode of the file it replaces, else what the user's umask gives a
+    new file (mkstemp's 600 would make params.yaml and every output private)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mask = os.umask(0o022)  # reading the umask means setting it: set it straight back
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp_path to path."""
+    """Call write(tmp_path), then rename tmp_path to path (with the mode new_file_mode gives)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, new_file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -76,3 +93,26 @@ def save_npz(path: Path, **arrays) -> None:
             np.savez_compressed(f, **arrays)
 
     atomic_write(path, write)
+
+
+# what numpy and torch raise on a truncated, overwritten or foreign file
+DAMAGED = (OSError, EOFError, ValueError, KeyError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError)
+
+
+def read(path: str | Path, load):
+    """load(path) for a file a stage wrote; a damaged one (truncated, foreign) is one line naming the fix,
+    not a traceback (and exit 2 in a stage, so an orchestrator does not retry it)."""
+    try:
+        return load(path)
+    except FileNotFoundError:
+        raise
+    except DAMAGED as e:
+        raise ImpactXError(
+            f"{path} is damaged ({type(e).__name__}: {str(e).strip().splitlines()[0][:80] if str(e).strip() else '-'}): "
+            f"restore it with `dvc checkout {path}`, or re-run the stage that writes it (`dvc repro -f -s <stage>`)"
+        ) from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint this pipeline wrote: tensors and plain values only (torch's weights_only: no pickle runs)."""
+    return torch.load(path, map_location="cpu", weights_only=True)

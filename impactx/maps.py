@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from impactx import ImpactXError, layout
-from impactx.io import save_json, save_npy
+from impactx.io import read, save_json, save_npy
 
 
 def scale_maps(maps: np.ndarray | torch.Tensor):
@@ -59,4 +59,4 @@ def load_scaled_maps(path: Path) -> np.ndarray:
     """The training targets: maps.npy scaled per image to [-1, 1] (scale_maps)."""
     if not Path(path).exists():
         raise ImpactXError(f"{path} not found: run the attribution stage of this seed first (dvc repro)")
-    return scale_maps(np.load(path))
+    return scale_maps(read(Path(path), np.load))

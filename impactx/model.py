@@ -14,6 +14,7 @@ from torch import nn
 from impactx.backbones import Backbone, build_backbone
 from impactx.config import ModelParams
 from impactx.data import DatasetInfo
+from impactx.io import load_checkpoint, read
 
 
 class Normalize(nn.Module):
@@ -49,5 +50,5 @@ def build_baseline(model: ModelParams, info: DatasetInfo, checkpoint: str | Path
         model = model.model_copy(update={"pretrained": False})
     net = Classifier(build_backbone(model.backbone, c, info.num_classes, h, model), info.mean, info.std)
     if checkpoint is not None:
-        net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
+        net.load_state_dict(read(checkpoint, load_checkpoint)["state_dict"])
     return net

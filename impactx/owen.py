@@ -99,7 +99,7 @@ class PartitionTree:
 def _blur_backgrounds(images_hwc: np.ndarray, kernel: tuple[int, int]) -> np.ndarray:
     import cv2
 
-    return np.stack([cv2.blur(x, kernel) for x in images_hwc])
+    return np.stack([cv2.blur(x, kernel).reshape(x.shape) for x in images_hwc])  # OpenCV drops a grey image's channel
 
 
 def _parse_masker(masker: str):
@@ -127,7 +127,7 @@ class _Inpainter:
             img = images_u8[slots[i]]
             if hidden[i].all():
                 return np.broadcast_to(img.astype(np.float32).mean((0, 1)), img.shape).astype(np.float32)
-            return self.cv2.inpaint(img, hidden[i], 3, self.flag).astype(np.float32)
+            return self.cv2.inpaint(img, hidden[i], 3, self.flag).reshape(img.shape).astype(np.float32)  # grey: H×W
 
         rows = list(self.pool.map(one, range(len(masks))))
         return torch.from_numpy(np.stack(rows)).permute(0, 3, 1, 2).reshape(len(masks), -1).div_(255.0)

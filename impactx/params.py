@@ -1,6 +1,6 @@
 """params.yaml, validated: the fixed sections of impactx.config plus one section per registered method
 (impactx.methods) and one per attribution method (attribution.<name>, impactx.attribution), with the
-names of `methods`, `controls` and `attribution.method` checked against those registries.
+names of `methods`, `controls`, `attribution.method` and `model.backbone` checked against those registries.
 
 A typo or a wrong type fails fast with one line naming the key and the fix."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError, create_model, field_validator
 
-from impactx import ImpactXError, attribution, methods
-from impactx.config import AttributionParams, CoreParams, unique
+from impactx import ImpactXError, attribution, backbones, methods
+from impactx.config import AttributionParams, CoreParams, ModelParams, unique
 
 
 class _CheckedAttribution(AttributionParams):
@@ -34,6 +34,13 @@ class _CheckedParams(CoreParams):
             if name not in allowed:
                 raise ValueError(f"'{name}' is not a stage-2 method: use one of {allowed}")
         return unique(v)
+
+    @field_validator("model")
+    @classmethod
+    def _backbone(cls, v: ModelParams) -> ModelParams:  # checked here, not first in a stage after stage 1
+        if v.backbone not in backbones.BACKBONES:
+            raise ValueError(f"backbone '{v.backbone}' is not registered: use one of {sorted(backbones.BACKBONES)}")
+        return v
 
     @field_validator("controls")
     @classmethod

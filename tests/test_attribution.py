@@ -21,9 +21,9 @@ PATCH = (slice(None), slice(None), slice(4, 8), slice(4, 8))  # the only pixels 
 class PatchModel(nn.Module):
     """Two classes; the logit gap is the mean of a 4×4 patch over the channels (nothing else matters)."""
 
-    def __init__(self):
+    def __init__(self, channels: int = 3):
         super().__init__()
-        self.mix = nn.Conv2d(3, 1, 1, bias=False)
+        self.mix = nn.Conv2d(channels, 1, 1, bias=False)
         nn.init.constant_(self.mix.weight, 1.0)
 
     def forward(self, x):
@@ -36,6 +36,26 @@ COST = {"shap_partition": 500, "integrated_gradients": 16, "gradient_shap": 8}
 
 def spec(method: str, cost: int | None = None) -> Spec:
     return Spec.default(method, cost or COST.get(method), batch_size=64)
+
+
+@pytest.mark.parametrize(
+    "method, masker",
+    [(m, None) for m in attribution.names() if m != "shap_partition"]
+    + [("shap_partition", "blur(4,4)"), ("shap_partition", "inpaint_telea")],
+)
+@pytest.mark.parametrize("channels", [1, 3])  # the image-folder source: grey (L) or RGB
+def test_grey_and_rgb_images_get_maps_of_their_shape(method, masker, channels):
+    """A one-channel image folder is data the pipeline accepts: OpenCV's blur and inpaint drop a grey
+    image's channel axis, which stopped the attribution stage with a traceback after stage 1 had trained."""
+    s = spec(method)
+    if masker:
+        s = Spec(method, s.options.model_copy(update={"masker": masker}), s.batch_size)
+    x = torch.rand(3, channels, 12, 12, generator=torch.Generator().manual_seed(0))
+    maps = attribute(PatchModel(channels), x, np.zeros(3, int), s)
+    assert maps.shape == (3, channels, 12, 12) and np.isfinite(maps).all()
+    outside = np.ones(maps.shape, bool)
+    outside[PATCH] = False
+    assert np.abs(maps[PATCH]).mean() > 2 * np.abs(maps[outside]).mean()  # the pixels the model reads
 
 
 @pytest.mark.parametrize("method", attribution.names())

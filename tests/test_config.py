@@ -47,6 +47,7 @@ def test_repo_params_are_valid():
         ("impactx:\n  lambda: one\n", r"impactx.lambda: .*valid number.*'one'"),
         ("abn:\n  latent_dim: 8\n", "unknown key 'abn.latent_dim'"),
         ("foo: 1\n", "unknown key 'foo'"),
+        ("model:\n  backbone: resnet18\n", r"model: backbone 'resnet18' is not registered: use one of \['cnn3'"),
     ],
 )
 def test_bad_params_give_one_line(tmp_path, text, message):

@@ -234,6 +234,28 @@ def test_impactx_explain_writes_class_and_map_for_a_folder_of_pngs(registered, t
             assert im.size[0] > im.size[1] > 100  # the image, the overlay and a colour scale
 
 
+def test_explain_outside_a_project_names_where_it_looks_and_creates_no_store(tmp_path, capsys, monkeypatch):
+    from impactx import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    png = write_png(tmp_path / "x.png", 32, 32)
+    assert cli.main(["explain", str(png), "--model", "models:/digits-lenet5-impactx@champion"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no tracking store" in err and "--tracking-uri" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]  # no mlflow.db, no mlruns, no output
+
+
+def test_explain_output_names_never_collide():
+    from impactx.cli import unique_names
+
+    files = [Path("dup/x.png"), Path("dup/x.jpg"), Path("a/y.png"), Path("b/dup/x.png"), Path("a/y.png")]
+    names = unique_names(files)
+    assert len(set(names)) == len(files)  # "wrote 5 PNGs" writes five
+    assert names[:2] == ["dup_x_png", "dup_x_jpg"] and names[2] == "a_y_png" and names[4] == "a_y_png-2"
+    assert unique_names([Path("one/a.png"), Path("b.png")]) == ["a", "b"]  # a stem of its own stays as it is
+
+
 def test_impactx_explain_bad_input_is_one_line_and_exit_2(registered, tmp_path, capsys, monkeypatch):
     from impactx import cli
 

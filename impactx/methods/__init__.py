@@ -32,7 +32,7 @@ from torch import nn
 from impactx import ImpactXError, layout
 from impactx.config import ModelParams, TrainParams
 from impactx.data import DatasetInfo
-from impactx.io import save_torch
+from impactx.io import load_checkpoint, read, save_torch
 from impactx.maps import load_scaled_maps
 from impactx.model import build_baseline
 
@@ -177,7 +177,7 @@ def save(path: Path, name: str, settings: TrainParams, model: nn.Module, trainin
 
 def training_of(path: Path) -> dict:
     """How the checkpoint's training went: best_epoch, epochs_run, best_val_accuracy ({} if not recorded)."""
-    return torch.load(path, map_location="cpu", weights_only=True).get("training", {})
+    return read(path, load_checkpoint).get("training", {})
 
 
 def load(path: Path, info: DatasetInfo, model: ModelParams) -> tuple[Method, nn.Module]:
@@ -185,7 +185,7 @@ def load(path: Path, info: DatasetInfo, model: ModelParams) -> tuple[Method, nn.
     path = Path(path)
     if not path.exists():
         raise ImpactXError(f"{path} not found: run `dvc repro` (it trains every method of params.yaml)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read(path, load_checkpoint)
     method = get(ckpt["method"])
     settings = method.params.model_validate(ckpt["settings"])
     bare = Stage1(info, model.model_copy(update={"pretrained": False}))
