@@ -197,8 +197,12 @@ def write_image_folder(root: Path, classes=("cat", "dog", "frog"), per_class=5, 
 @pytest.fixture(autouse=True)
 def no_inherited_tracking_uri(monkeypatch):
     """mlflow.set_tracking_uri copies its URI into os.environ, where the stages read a user's
-    MLFLOW_TRACKING_URI: one test's store must not become the next test's stages' store."""
+    MLFLOW_TRACKING_URI: one test's store must not become the next test's stages' store. Removed again after
+    the test too: monkeypatch restores only what it changed, and a module-scoped project is built before the
+    next test's function fixtures run (its stages logged to the previous test's store)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")
