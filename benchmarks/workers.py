@@ -23,15 +23,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
-import torch
 import yaml
 
 from impactx.io import atomic_write
 from impactx.layout import STAGE_TIMES
 from impactx.schedule import critical_path, fill, load_times, simulate
 from impactx.study import head_commit, machine
+from impactx.tracking import THREADS_TAG
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {  # label -> the command, run in its own fresh clone
@@ -55,6 +56,15 @@ def timed(cmd: list[str], cwd: Path) -> float:
     if out.returncode:
         sys.exit(f"error: {' '.join(cmd)} failed in {cwd} (exit {out.returncode}): {out.stderr.strip()[-500:]}")
     return seconds
+
+
+def stage_threads(root: Path) -> dict[str, int]:
+    """torch's thread count -> how many of the clone's MLflow stage runs had it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=10_000)
+    return dict(Counter(r.data.tags[THREADS_TAG] for r in runs if THREADS_TAG in r.data.tags))
 
 
 def lock(root: Path) -> dict:
@@ -97,9 +107,9 @@ def main():
         "dvc_repro_s": round(base, 1), "flow_workers1_s": round(measured["flow --workers 1"], 1),
         "flow_workers2_s": round(measured["flow --workers 2"], 1), "ratio_workers2_vs_dvc_repro": round(ratio, 3),
         "goal": f"<= {GOAL}", "goal_met": ratio <= GOAL, "stages": len(ups),
-        # a stage's float sums depend on its torch threads: a 2-slot run on this machine gives each 1, not 2
-        "threads_per_stage": {label: max(1, (os.cpu_count() or 1) // int(label.split()[-1])) if "flow" in label
-                              else torch.get_num_threads() for label in RUNS},
+        # how many stage runs had each torch thread count (their MLflow tag): a slot splits the threads of the
+        # `threads: split` stages only, so training stages keep the sequential run's threads and bytes
+        "stage_runs_by_threads": {label: stage_threads(root) for label, root in roots.items()},
         "dvc_lock_identical_to_dvc_repro": {label: not d for label, d in differing.items()},
         "stages_whose_lock_entry_differs": {label: len(d) for label, d in differing.items()},
     })  # fmt: skip

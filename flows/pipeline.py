@@ -61,10 +61,14 @@ PROGRESS_EVERY = 30.0  # seconds between two logged progress-bar lines
 MAX_SLOTS = 64  # the task runner's threads: the most worker slots one flow run can use
 DONE = ("ran", "skipped")  # a stage's result when its outputs are in the checkout
 DVC = str(Path(sys.executable).parent / "dvc")  # this environment's, whatever PATH the worker has
-# A CPU slot's thread count, for every pool a stage may start: torch (OpenMP), MKL, and numpy's OpenBLAS (shap's
-# and the masker's arrays). A pool left at the core count oversubscribes the cores: two attribution stages side
-# by side took 38 s with one thread each and 101 s with two each (digits, this 2-core machine).
+# The thread count of a CPU slot's `threads: split` stage (dvc.yaml's meta), for every pool it may start: torch
+# (OpenMP), MKL, and numpy's OpenBLAS (shap's and the masker's arrays). A stage without it keeps the threads a
+# sequential `dvc repro` gives (its bytes depend on them), with OpenMP's idle threads sleeping instead of spinning
+# (SLOT_ENV): two stages side by side with two threads each took 101 s spinning, 43 s sleeping, 38 s with one
+# thread each (attribution, digits, a 2-core machine).
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+SPLIT = ("threads", "split")  # dvc.yaml `meta: {threads: split}`: outputs the same at any thread count
+SLOT_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}  # every CPU slot's stages (unless this process's environment sets it)
 
 
 class BadInput(RuntimeError):
@@ -113,8 +117,10 @@ def apply_overrides(root: Path, overrides: dict[str, Any] | list[str]) -> None:
 
 
 def stage_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment with `extra`, and this venv first on PATH: the stages' `python` is ours."""
-    env = {**os.environ, **(extra or {})}
+    """This process's environment with `extra`, and this venv first on PATH: the stages' `python` is ours.
+    DVC's analytics daemon is off unless the environment asks for it: the flow starts two DVC processes a
+    stage, each spawning one."""
+    env = {"DVC_NO_ANALYTICS": "1", **os.environ, **(extra or {})}  # the daemon: 0.5 s of CPU per DVC command
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -221,6 +227,24 @@ def pipeline(
     return results
 
 
+def split_threads(root: Path) -> set[str]:
+    """The stages dvc.yaml marks `meta: {threads: split}`: their outputs do not depend on the thread count."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(".") as repo:
+        return {s.addressing for s in repo.index.stages if (s.meta or {}).get(SPLIT[0]) == SPLIT[1]}
+
+
+def threads_for(stage: str, split: set[str], busy: int, workers: int) -> dict[str, str]:
+    """A CPU slot's thread settings for `stage` when `busy` stages (it included) are running or ready: a
+    `threads: split` stage gets its share of the threads a sequential stage has (this environment's
+    OMP_NUM_THREADS, else one per core), all of them when it runs alone; any other stage inherits them."""
+    if stage not in split:
+        return {}
+    base = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
+    return dict.fromkeys(THREAD_VARS, str(max(1, base // max(1, min(workers, busy)))))
+
+
 def dag(root: Path) -> tuple[dict[str, list[str]], set[str]]:
     """Every stage (foreach/matrix expanded) → the stages whose outputs it reads, in dvc.yaml's order; and
     the stages DVC's run cache can restore (they have outputs; not always_changed; every output cached,
@@ -244,6 +268,7 @@ class Slot(NamedTuple):
 
     path: Path
     env: dict[str, str]
+    cpu: bool  # threads set per stage (threads_for); else the slot owns a GPU
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -255,7 +280,6 @@ def open_slots(repo: Path, workers: int, gpus: list[str] | None = None) -> list[
     ../shared/data resolves the same), each using the checkout's DVC cache; their stages log to the
     checkout's MLflow store and share its compile cache."""
     cache = subprocess.run([DVC, "cache", "dir"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
     shared = {PROJECT_ENV: str(repo), "TORCHINDUCTOR_CACHE_DIR": str((repo / layout.COMPILE_CACHE).resolve())}
     slots = []
     for i in range(workers):
@@ -265,8 +289,12 @@ def open_slots(repo: Path, workers: int, gpus: list[str] | None = None) -> list[
         if made.returncode:
             raise BadInput(f"git worktree add {path} failed ({made.stderr.strip()}): commit once, or give --workers 1")
         subprocess.run([DVC, "config", "--local", "cache.dir", cache], cwd=path, check=True, capture_output=True)
-        own = {"CUDA_VISIBLE_DEVICES": str(gpus[i])} if gpus else dict.fromkeys(THREAD_VARS, threads)
-        slots.append(Slot(path, {**shared, **own}))
+        own = (
+            {"CUDA_VISIBLE_DEVICES": str(gpus[i])}
+            if gpus
+            else {k: v for k, v in SLOT_ENV.items() if k not in os.environ}
+        )
+        slots.append(Slot(path, {**shared, **own}, not gpus))
     return slots
 
 
@@ -333,6 +361,7 @@ def fan_out(
     `timed` gets each finished stage's seconds (and its share of a batch restore); `pull` as dvc_stage's."""
     timed = {} if timed is None else timed
     ups, cacheable = dag(repo)
+    split = split_threads(repo)
     results: dict[str, str] = {}
     errors: dict[str, BaseException] = {}
     unrestored: dict[str, Any] = {}  # stage -> its dvc.lock entry, for the stages slots ran and the checkout lacks
@@ -354,6 +383,11 @@ def fan_out(
     try:
         while True:
             progressed = False
+            ready = {
+                s
+                for s, u in ups.items()
+                if s not in results and s not in running and all(results.get(x) in DONE for x in u)
+            }
             for stage, upstream in ups.items():
                 if stage in results or stage in running or not free:
                     continue
@@ -374,9 +408,11 @@ def fan_out(
                 slot = free.pop(0)
                 sync(repo, slot.path)
                 give_lock(slot.path, unrestored)
-                future = dvc_stage.submit(
-                    stage, str(slot.path), slot.env, [u for u in upstream if u in cacheable], pull
-                )
+                busy = len(running) + len(
+                    ready - set(running)
+                )  # this stage, the running ones, those waiting for a slot
+                env = {**slot.env, **(threads_for(stage, split, busy, workers) if slot.cpu else {})}
+                future = dvc_stage.submit(stage, str(slot.path), env, [u for u in upstream if u in cacheable], pull)
                 running[stage] = (future, slot)
             if not running:
                 if progressed:

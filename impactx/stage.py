@@ -14,6 +14,7 @@ import sys
 from impactx import ImpactXError
 
 BAD_INPUT = 2
+MKL_CBWR = ("MKL_CBWR", "AUTO,STRICT")  # MKL's results the same at any thread count (run_stage)
 
 
 def run_stage(main) -> None:
@@ -21,9 +22,16 @@ def run_stage(main) -> None:
     weight decay leaves weights below 1.2e-38, and on x86 CPUs each operation on one costs about a hundred
     times a normal one. Measured on CIFAR-10 LeNet-5 checkpoints (60 epochs, weight decay 5e-4), one
     thread: 727 against 8,934 images/s forward (seed 0), 4,385 against 8,565 (seed 1). The values they
-    stand for are below 1e-38, so results change by nothing a float32 can show."""
+    stand for are below 1e-38, so results change by nothing a float32 can show.
+
+    MKL's matrix products are made independent of the thread count (its strict conditional numerical
+    reproducibility, read at its first call): with a few rows, MKL splits the sum over threads, so one
+    LeNet-5 forward pass of 8 images gave other bits with 1 thread than with 2, and a worker slot that
+    runs a `threads: split` stage with fewer threads (flows/pipeline.py) would write other outputs than a
+    sequential `dvc repro`. Measured cost: none (LeNet-5 forward and training, 2-core Xeon)."""
     import torch
 
+    os.environ.setdefault(MKL_CBWR[0], MKL_CBWR[1])
     show_progress()
     torch.set_flush_denormal(True)  # a no-op (returns False) on CPUs without the instruction
     try:

@@ -25,6 +25,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # runs stay on this m
 
 import mlflow
 import numpy as np
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHECKPOINT_DIR = "checkpoint"  # the evaluate run's artifact folder for the weights-only checkpoint
 HOST_TAG, PID_TAG = "impactx.host", "impactx.pid"  # which process a stage run belongs to (end_orphans)
+THREADS_TAG = "impactx.torch_threads"  # torch's CPU threads in the stage: float sums can depend on them
 FLOW_RUN_ENV = "IMPACTX_PREFECT_FLOW_RUN_ID"  # set by flows/pipeline.py for the stages it runs
 PROJECT_ENV = "IMPACTX_PROJECT"  # set by flows/pipeline.py for a stage it runs in a worker slot's worktree
 
@@ -220,7 +222,7 @@ def stage_run(
         tags["method"] = method
     if seed is not None:
         tags["seed"] = str(seed)
-    tags.update({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+    tags.update({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), THREADS_TAG: str(torch.get_num_threads())})
     end_orphans(experiment_id)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, tags=tags) as run:
         previous = signal.signal(signal.SIGTERM, _killed) if _main_thread() else None

@@ -81,6 +81,22 @@ def test_overrides_are_written_as_dvc_exp_run_would(tmp_path):
     )  # comments survive, as with dvc exp run
 
 
+def test_a_split_stage_shares_the_threads_and_a_training_stage_keeps_them(monkeypatch):
+    flows = flows_module()
+    split = {"attribution@0", "evaluate@impactx"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert flows.threads_for("attribution@0", split, busy=2, workers=2) == dict.fromkeys(flows.THREAD_VARS, "2")
+    assert flows.threads_for("attribution@0", split, busy=1, workers=2) == dict.fromkeys(flows.THREAD_VARS, "4")
+    assert flows.threads_for("evaluate@impactx", split, busy=9, workers=3)["OMP_NUM_THREADS"] == "1"
+    assert flows.threads_for("train@impactx-0", split, busy=2, workers=2) == {}  # inherits: the same bytes
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert flows.threads_for("attribution@0", split, busy=2, workers=2)["MKL_NUM_THREADS"] == str(
+        max(1, (os.cpu_count() or 1) // 2)
+    )
+    assert flows.split_threads(REPO) >= {"attribution@0", "teacher@0", "evaluate@impactx", "evaluate_baseline@baseline"}
+    assert not {s for s in flows.split_threads(REPO) if s.startswith(("baseline", "train"))}  # they train
+
+
 def test_a_failed_stage_stops_its_descendants_only(monkeypatch, tmp_path):
     """fan_out's scheduling with the stages faked: train@0 crashes; evaluate@0 and compare (which read it)
     never start, every other stage runs, then the crash is raised."""
@@ -104,7 +120,7 @@ def test_a_failed_stage_stops_its_descendants_only(monkeypatch, tmp_path):
 
     monkeypatch.setattr(flows, "dag", lambda repo: (ups, set(ups) - {"check_params"}))
     monkeypatch.setattr(
-        flows, "open_slots", lambda repo, n, gpus: [flows.Slot(tmp_path / f"s{i}", {}) for i in range(n)]
+        flows, "open_slots", lambda repo, n, gpus: [flows.Slot(tmp_path / f"s{i}", {}, True) for i in range(n)]
     )
     for name in ("close_slot", "sync", "give_lock"):
         monkeypatch.setattr(flows, name, lambda *a: None)
@@ -112,6 +128,7 @@ def test_a_failed_stage_stops_its_descendants_only(monkeypatch, tmp_path):
     monkeypatch.setattr(flows, "restore", lambda repo, stages: batches.append(stages) if stages else None)
     monkeypatch.setattr(flows, "read_lock", lambda root: {s: {"cmd": s} for s in ups})
     monkeypatch.setattr(flows, "dvc_stage", Stage())
+    monkeypatch.setattr(flows, "split_threads", lambda repo: {"evaluate@0", "evaluate@1"})
     monkeypatch.setattr(flows, "in_checkout", lambda stage, repo, pull: started.append(stage) or ("ran", 0.5))
     monkeypatch.setattr(flows, "as_completed", iter)
     timed: dict = {}
@@ -158,8 +175,10 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
 def test_two_worker_slots_end_with_the_outputs_and_lock_of_a_sequential_repro(
     tmp_path, prefect_server, mlflow_server, monkeypatch, capsys
 ):
-    """...and every stage's MLflow run lands in one tracking server, whichever slot ran it."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the slots' threads on 2 cores: the same float sums
+    """...and every stage's MLflow run lands in one tracking server, whichever slot ran it. A stage marked
+    `threads: split` runs with half the threads when another is ready beside it, and its bytes are the same."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # what a sequential stage gets, whatever the machine's cores
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # two pytest workers: idle OpenMP threads sleep
     kw = {"seeds": [0], "methods": ["impactx"], "controls": []}
     sequential, fanned = tiny_project(tmp_path / "seq", **kw), tiny_project(tmp_path / "par", **kw)
     run(["dvc", "repro"], sequential)
@@ -183,7 +202,10 @@ def test_two_worker_slots_end_with_the_outputs_and_lock_of_a_sequential_repro(
     assert not list(tmp_path.glob(".par-slot*"))  # the worktrees are gone
     client = mlflow.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id])
-    assert {"baseline@0", "attribution@0", "train@impactx-0", "compare"} <= {r.data.tags.get("dvc_stage") for r in runs}
+    threads = {r.data.tags.get("dvc_stage"): r.data.tags.get("impactx.torch_threads") for r in runs}
+    assert {"baseline@0", "attribution@0", "train@impactx-0", "compare"} <= set(threads)
+    assert threads["attribution@0"] == "1"  # beside teacher@0: split; the bytes still equal the 2-thread run's
+    assert threads["train@impactx-0"] == threads["baseline@0"] == "2"  # training keeps the sequential threads
     assert not (fanned / "mlflow.db").exists() and not (fanned / "mlartifacts").exists()
     assert list(artifacts.rglob("MLmodel"))  # the models went to the server's artifact store
 
