@@ -67,13 +67,37 @@ def _exit_now() -> None:
 
 
 def stage_args(description: str, method: bool = False, seed: bool = True) -> argparse.Namespace:
-    """`<stage> [method] [seed]`, as dvc.yaml's foreach/matrix stages call them."""
+    """`<stage> [method] [seed]` when run by hand (`python -m stages.train impactx 0`). Under DVC, with no
+    arguments, they come from the stage's name (DVC_STAGE: baseline@0, train@impactx-0, evaluate@abn):
+    dvc.yaml's commands interpolate no params value, so none of them reaches a shell."""
     ap = argparse.ArgumentParser(description=description)
     if method:
         ap.add_argument("method")
     if seed:
         ap.add_argument("seed", type=int)
-    return ap.parse_args()
+    argv = sys.argv[1:]
+    if not argv and os.environ.get("DVC_STAGE"):
+        argv = stage_argv(os.environ["DVC_STAGE"], method, seed)
+    return ap.parse_args(argv)
+
+
+def stage_argv(stage: str, method: bool = True, seed: bool = True) -> list[str]:
+    """A foreach/matrix stage's arguments from its name: baseline@0 -> [baseline, 0], train@impactx-0 ->
+    [impactx, 0], evaluate@abn -> [abn] (method only), attribution@0 -> [0] (seed only). A seed that is
+    not a whole number is refused here, before anything runs."""
+    family, _, key = stage.partition("@")
+    if not key:
+        raise ImpactXError(f"DVC stage {stage!r} has no foreach key: run it as `python -m stages.<name> ARGS`")
+    if method and seed and not key.isdigit():
+        name, dash, number = key.rpartition("-")
+        argv = [name, number] if dash and name else [family, key]
+    else:
+        argv = [family, key] if method and seed else [key]
+    if seed and not argv[-1].isdigit():
+        raise ImpactXError(
+            f"DVC stage {stage!r} does not end in a whole-number seed: `seeds` in params.yaml takes integers"
+        )
+    return argv
 
 
 def dvc_stage(default: str) -> str:
