@@ -4,8 +4,10 @@
 
 Prints the class and its probability per image and writes DIR/<name>.png: the image, the map overlaid
 and its colour scale. Images of any size are resized to the model's input (with a note). The model is
-the registered pyfunc (impactx.serving): the class and the map come from one forward pass. Bad input
-(a file that is not an image, a model that does not load) is one line on stderr and exit 2."""
+one the pipeline registered, rebuilt by this package from its weights-only checkpoint
+(impactx.serving.load_logged): no code or pickle from the registry runs. The class and the map come
+from one forward pass. Bad input (a file that is not an image, a model that does not load) is one line
+on stderr and exit 2."""
 
 from __future__ import annotations
 
@@ -60,26 +62,31 @@ def read_image(path: Path, shape: tuple[int, int, int]) -> tuple[np.ndarray, str
 
 def resolve_tracking_uri(given: str | None) -> str | None:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else params.yaml's mlflow.tracking_uri when run in a
-    project, else MLflow's default."""
+    project (its artifact locations pointed at this project's mlartifacts/ if the project was copied or
+    moved: tracking.setup), else none."""
     if given:
         return given
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    if Path("params.yaml").exists():
-        import yaml
+    if Path("params.yaml").exists():  # here, not at the top: `impactx --help` stays instant
+        import mlflow
 
-        from impactx.tracking import tracking_uri  # here, not at the top: `impactx --help` stays instant
+        from impactx import tracking
+        from impactx.params import load_params
 
-        uri = ((yaml.safe_load(Path("params.yaml").read_text()) or {}).get("mlflow") or {}).get("tracking_uri")
-        return tracking_uri(uri) if uri else None
+        tracking.setup(load_params())  # a copied or moved project's store reads its own mlartifacts/
+        return mlflow.get_tracking_uri()
     return None
 
 
-def load_model(uri: str, tracking: str | None, device: str):
-    """The registered pyfunc and its input shape (C, H, W); one line when it cannot be loaded."""
+def load_model(uri: str, tracking: str | None):
+    """The logged model, rebuilt from its weights-only checkpoint by this package (impactx.serving.load_logged:
+    none of the registry's code or pickles run), and its dataset info; one line when it cannot be loaded."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
     from mlflow.exceptions import MlflowException
+
+    from impactx import serving
 
     if tracking:
         mlflow.set_tracking_uri(tracking)
@@ -89,25 +96,31 @@ def load_model(uri: str, tracking: str | None, device: str):
             "or give --tracking-uri / MLFLOW_TRACKING_URI"
         )
     try:
-        model = mlflow.pyfunc.load_model(uri, model_config={"device": device})
+        method, net, info = serving.load_logged(uri)
     except (MlflowException, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = f" (tracking URI {mlflow.get_tracking_uri()})"
         raise ImpactXError(f"cannot load model '{uri}'{where}: {first}") from None
-    meta = model.metadata
-    sig = meta.get_input_schema() if meta.signature else None
-    if not (meta.metadata or {}).get("classes") or sig is None or not sig.is_tensor_spec():
-        raise ImpactXError(f"'{uri}' is not an impactx model (no class names or image input in its MLmodel)")
-    _, c, h, w = sig.inputs[0].shape
-    return model, (c, h, w)
+    except KeyError:
+        raise ImpactXError(
+            f"'{uri}' is not an impactx model (its MLmodel names no weights-only checkpoint and dataset info):"
+            " give a model the pipeline registered"
+        ) from None
+    return method, net, info
 
 
 def explain(args) -> None:
+    import torch
+
     from impactx.figures import explanation_figure  # matplotlib: loaded when a command needs it
+    from impactx.serving import predict_table
+    from impactx.train import resolve_device
 
     files = image_files(args.images)
-    model, shape = load_model(args.model, resolve_tracking_uri(args.tracking_uri), args.device)
-    read = [read_image(f, shape) for f in files]  # every file checked before anything is written
+    method, net, info = load_model(args.model, resolve_tracking_uri(args.tracking_uri))
+    device = resolve_device(args.device)
+    torch.set_flush_denormal(True)  # weight-decayed weights: see impactx.stage.run_stage
+    read = [read_image(f, tuple(info.image_shape)) for f in files]  # every file checked before anything is written
     for _, note in read:
         if note:
             print(note, file=sys.stderr)
@@ -116,7 +129,7 @@ def explain(args) -> None:
     names = unique_names(files)
     for start in range(0, len(files), BATCH):
         x = np.stack([a for a, _ in read[start : start + BATCH]]).astype(np.float32)
-        table = model.predict(x, params={"pixels": "uint8", "explain": not args.no_map})
+        table = predict_table(net, method, info, x, {"pixels": "uint8", "explain": not args.no_map}, device)
         for i, row in enumerate(table.itertuples()):
             f = files[start + i]
             print(f"{f}: {row.class_name} ({row.probability:.3f})")

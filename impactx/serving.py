@@ -62,7 +62,8 @@ def predict_table(net, method, info: DatasetInfo, images, params: dict | None = 
     x = to_unit(images, p["pixels"], info.image_shape).to(device)
     net.to(device).eval()
     own_map = bool(p["explain"]) and not method.post_hoc
-    logits, maps = net.explain(x) if own_map else (net(x), None)  # N×K, N×C×H×W
+    with torch.inference_mode():
+        logits, maps = net.explain(x) if own_map else (net(x), None)  # N×K, N×C×H×W
     prob = torch.softmax(logits.float(), 1).cpu().numpy()
     pred = prob.argmax(1)
     maps = maps.float().cpu().numpy() if maps is not None else [None] * len(x)
@@ -85,6 +86,19 @@ def load_artifacts(artifacts: dict) -> tuple[methods.Method, torch.nn.Module, Da
     info = DatasetInfo.from_json(meta["info"])
     method, net = methods.load(Path(artifacts[CHECKPOINT]), info, ModelParams.model_validate(meta["model"]))
     return method, net.eval(), info
+
+
+def load_logged(uri: str) -> tuple[methods.Method, torch.nn.Module, DatasetInfo]:
+    """A model this pipeline logged (models:/<name>@<alias>, models:/<name>/<version>, runs:/..., or a
+    model folder), rebuilt by this package from its weights-only checkpoint and dataset info. Nothing of
+    the logged model runs: not its code (pyfunc_model.py, code_paths), not a pickle a forged version may
+    carry. An MLflow model without those artifacts is not one of ours: MlflowException, KeyError or
+    OSError, for the caller's one-line error."""
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    flavor = mlflow.models.Model.load(str(local / "MLmodel")).flavors["python_function"]
+    return load_artifacts({k: local / flavor["artifacts"][k]["path"] for k in (CHECKPOINT, INFO)})
 
 
 class ExplainingModel(PythonModel):

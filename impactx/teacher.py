@@ -3,8 +3,6 @@ this pipeline logged. A layer above the attribution methods: it loads checkpoint
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import nn
 
 from impactx import ImpactXError, layout, methods, serving, tracking
@@ -18,19 +16,15 @@ def explained_model(params, info: DatasetInfo, seed: int) -> tuple[nn.Module, st
     spec = params.attribution.teacher
     if spec is None:
         return methods.load(layout.model("baseline", seed), info, params.model)[1], f"A (seed {seed})"
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     tracking.use_store(params)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(spec))
-        flavor = mlflow.models.Model.load(str(local / "MLmodel")).flavors["python_function"]
-        files = {k: local / flavor["artifacts"][k]["path"] for k in (serving.CHECKPOINT, serving.INFO)}
+        _, net, tinfo = serving.load_logged(spec)
     except (MlflowException, OSError, KeyError) as e:
         first = str(e).splitlines()[0] if str(e) else ""
         raise ImpactXError(f"attribution.teacher '{spec}' is not a model this pipeline logged ({type(e).__name__}:"
                            f" {first}): give models:/<name>/<version>") from None  # fmt: skip
-    _, net, tinfo = serving.load_artifacts(files)
     if tuple(tinfo.image_shape) != tuple(info.image_shape) or tinfo.classes != info.classes:
         raise ImpactXError(
             f"attribution.teacher '{spec}' takes {tinfo.image_shape} images of classes {tinfo.classes[:4]}...: this data"

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHECKPOINT_DIR = "checkpoint"  # the evaluate run's artifact folder for the weights-only checkpoint
 HOST_TAG, PID_TAG = "impactx.host", "impactx.pid"  # which process a stage run belongs to (end_orphans)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # what the MLflow UI shows first
+CHECKSUM_TAG = "checkpoint_md5"  # a registry version's weights-only checkpoint: one version per checkpoint
 THREADS_TAG = "impactx.torch_threads"  # torch's CPU threads in the stage: float sums can depend on them
 FLOW_RUN_ENV = "IMPACTX_PREFECT_FLOW_RUN_ID"  # set by flows/pipeline.py for the stages it runs
 PROJECT_ENV = "IMPACTX_PROJECT"  # set by flows/pipeline.py for a stage it runs in a worker slot's worktree
@@ -159,8 +161,11 @@ def setup(params: Params) -> str:
     with store_lock(uri):
         MlflowClient()  # opening the store creates or migrates its tables: one process at a time
         exp = mlflow.get_experiment_by_name(params.mlflow.experiment)
-        if exp is None:
-            return mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifacts)
+        if exp is None:  # the UI opens a model-training experiment on its runs, not on the GenAI overview
+            return mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifacts, tags=EXPERIMENT_TAGS)
+        for k, v in EXPERIMENT_TAGS.items():  # an experiment made before the tag existed
+            if (exp.tags or {}).get(k) != v:
+                MlflowClient().set_experiment_tag(exp.experiment_id, k, v)
         if own and artifacts and exp.artifact_location != artifacts:  # the project's own store
             relocate_artifacts(Path(uri.removeprefix("sqlite:///")), exp.artifact_location, artifacts)
         return exp.experiment_id
@@ -363,60 +368,73 @@ def log_evaluation(record: dict, ds, params: Params, device, checkpoint: Path) -
     mlflow.log_metrics(metrics)
     mlflow.log_artifact(str(checkpoint), artifact_path=CHECKPOINT_DIR)
     name = f"{params.data.source}-{params.model.backbone}-{record['method']}" if params.mlflow.register_models else None
-    logged = log_model(checkpoint, ds.info, params.model, to_float(ds.test.x[:2]).numpy(), name)
+    checksum = hashlib.md5(checkpoint.read_bytes()).hexdigest()
+    registered = _version_of(name, checksum) if name else None  # this checkpoint, registered before
+    logged = log_model(checkpoint, ds.info, params.model, to_float(ds.test.x[:2]).numpy(), None if registered else name)
     if name:
+        version = registered or str(logged.registered_model_version)
+        if registered is None:
+            settings = methods.get(record["method"]).settings(params).model_dump(by_alias=True)
+            tags = {"method": record["method"], "seed": str(record["seed"]), "git_revision": git_revision(),
+                    CHECKSUM_TAG: checksum} | ({"lambda": str(settings["lambda"])} if "lambda" in settings else {})  # fmt: skip
+            for k, v in tags.items():
+                MlflowClient().set_model_version_tag(name, version, k, v)
         split_id = hashlib.sha256(ds.val.x.tobytes() + ds.val.y.tobytes()).hexdigest()[:16]
 
         def score_checkpoint(path: Path) -> float:  # weights only: no code of the champion's runs here
             return accuracy(methods.load(path, ds.info, params.model)[1], ds.val, device)
 
-        promote_if_better(
-            name, str(logged.registered_model_version), record["val_accuracy"], score_checkpoint, split_id
-        )
+        promote_if_better(name, version, record["val_accuracy"], score_checkpoint, split_id)
+
+
+def _version_of(name: str, checksum: str) -> str | None:
+    """The registry version of `name` whose checkpoint has this md5 (tag checkpoint_md5), if any: a stage
+    that re-evaluates an unchanged checkpoint adds no version."""
+    try:
+        found = MlflowClient().search_model_versions(f"name = '{name}' and tags.{CHECKSUM_TAG} = '{checksum}'")
+    except MlflowException:  # no such registered model yet
+        return None
+    return str(min(int(v.version) for v in found)) if found else None
 
 
 def promote_if_better(name: str, version: str, new_score: float, score_checkpoint, split_id: str) -> bool:
     """Give `version` the champion alias if its validation accuracy beats the current champion's on the
     same validation split. Models are picked by validation, never by test.
 
-    The champion is never unpickled. Scored on this split before (tag split_id), its tagged accuracy is
-    compared; otherwise its weights-only checkpoint (logged beside the model) is scored by
-    `score_checkpoint(path)`. A champion with neither cannot be compared safely: it is replaced, with a
-    line that says so, rather than kept for ever."""
+    The champion is scored now, on this split, from its own weights-only checkpoint (logged beside the
+    model) by `score_checkpoint(path)`: never unpickled, and never taken at its tags' word (a version's
+    tags are anyone's to set). A champion without such a checkpoint cannot be compared safely: it is
+    replaced, with a line that says so. Reading the champion and setting the alias happen under the
+    store's lock (store_lock), so two evaluations at once cannot both win against the same champion."""
     client = MlflowClient()
-    client.set_model_version_tag(name, version, "val_accuracy", f"{new_score:.6f}")
+    client.set_model_version_tag(name, version, "val_accuracy", f"{new_score:.6f}")  # for the UI: not evidence
     client.set_model_version_tag(name, version, "split_id", split_id)
-    try:
-        champ = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        champ = None
-    if champ is not None and str(champ.version) != str(version):
-        champ_score = _champion_score(client, champ, split_id, score_checkpoint)
-        if champ_score is None:
-            log.info(
-                "registry: %s@%s v%s has no validation score on this split and no weights-only checkpoint"
-                " (it is never unpickled): replaced by v%s", name, CHAMPION, champ.version, version,
-            )  # fmt: skip
-        elif new_score <= champ_score:
-            log.info(
-                "registry: %s v%s (%.4f) does not beat @%s v%s (%.4f) on this validation split",
-                name, version, new_score, CHAMPION, champ.version, champ_score,
-            )  # fmt: skip
-            return False
-    client.set_registered_model_alias(name, CHAMPION, version)
+    with store_lock(mlflow.get_tracking_uri()):
+        try:
+            champ = client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            champ = None
+        if champ is not None and str(champ.version) != str(version):
+            champ_score = _champion_score(client, champ, score_checkpoint)
+            if champ_score is None:
+                log.info(
+                    "registry: %s@%s v%s has no weights-only checkpoint to score (it is never unpickled):"
+                    " replaced by v%s", name, CHAMPION, champ.version, version,
+                )  # fmt: skip
+            elif new_score <= champ_score:
+                log.info(
+                    "registry: %s v%s (%.4f) does not beat @%s v%s (%.4f, scored now) on this validation split",
+                    name, version, new_score, CHAMPION, champ.version, champ_score,
+                )  # fmt: skip
+                return False
+        client.set_registered_model_alias(name, CHAMPION, version)
     log.info("registry: %s v%s is now @%s (validation accuracy %.4f)", name, version, CHAMPION, new_score)
     return True
 
 
-def _champion_score(client: MlflowClient, champ, split_id: str, score_checkpoint) -> float | None:
-    """The champion's validation accuracy on this split, without running any of its code: its tag when it
-    was scored on this split, else its weights-only checkpoint scored now; None when it has neither."""
-    tags = champ.tags or {}
-    if tags.get("split_id") == split_id and "val_accuracy" in tags:
-        try:
-            return float(tags["val_accuracy"])
-        except ValueError:
-            pass
+def _champion_score(client: MlflowClient, champ, score_checkpoint) -> float | None:
+    """The champion's validation accuracy on this split from its weights-only checkpoint, scored now
+    without running any of its code; None when it has none that loads."""
     if not champ.run_id:
         return None
     try:

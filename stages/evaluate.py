@@ -1,6 +1,7 @@
 """DVC stage evaluate@<method>: for every seed, accuracy and MoRF/AOPC of the method's own maps (the
 baseline's: SHAP of A, post hoc), the MLflow model and the registry (champion by validation accuracy)."""
 
+import mlflow
 import numpy as np
 
 from impactx import data, layout, methods, tracking
@@ -26,10 +27,13 @@ def main():
         latency = record.pop("latency", [])  # timings go to MLflow only: results/ stays reproducible
         save_json(layout.result(name, seed), record)
         save_npz(layout.result_maps(name, seed), maps=figure_maps)
-        with tracking.stage_run(
-            dvc_stage(f"evaluate@{name}"), params, method=name, seed=seed, run_name=f"{name}-seed{seed}"
-        ):
+        stage = dvc_stage(f"evaluate@{name}")
+        with tracking.stage_run(stage, params, method=name, seed=seed, run_name=f"{stage}-seed{seed}"):
             tracking.log_params_section(params, "model", "evaluate")
+            # the method's settings as it trained (a control's fixed λ included), as its train run logs them
+            mlflow.log_params(
+                {f"effective.{k}": v for k, v in method.settings(params).model_dump(by_alias=True).items()}
+            )
             tracking.log_evaluation(record | {"latency": latency}, ds, params, device, layout.model(name, seed))
         print(
             f"evaluate {name} seed {seed}: test accuracy {record['test_accuracy']:.4f}, val {record['val_accuracy']:.4f}, "

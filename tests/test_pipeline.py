@@ -139,6 +139,13 @@ def test_mlflow_runs_are_tagged_and_registered(project):
             r = found[0]
             assert (r.data.tags["method"], r.data.tags["dataset"], r.data.tags["backbone"]) == (m, "digits", "lenet5")
             assert {"test_accuracy", "val_accuracy", "aopc", "aopc_random"} <= set(r.data.metrics)
+            assert r.info.run_name == f"{evaluate_stage(m)}-seed{seed}"  # the stage, the method, the seed
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
+    table = json.loads((root / "metrics/comparison.json").read_text())
+    paired = "impactx.test_accuracy_minus_impactx_lambda0"  # the verdict, with its interval, as MLflow metrics
+    assert by_stage["compare"].data.metrics[f"{paired}.ci95"] == pytest.approx(table["impactx"][paired[8:]]["ci95"])
+    control = client.search_runs([exp.experiment_id], f"tags.dvc_stage = '{evaluate_stage('impactx_lambda0')}'")
+    assert {r.data.params["effective.lambda"] for r in control} == {"0.0"}  # not the impactx section's λ
     assert by_stage[train_stage("impactx_lambda0", 0)].data.params["effective.lambda"] == "0.0"
     assert len(client.get_metric_history(by_stage["baseline@0"].info.run_id, "val_accuracy")) == 2  # per epoch
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
@@ -153,6 +160,13 @@ def test_mlflow_runs_are_tagged_and_registered(project):
         assert len(out) == 2 and len(out.probabilities[0]) == 10 and out.class_name[0] in [str(d) for d in range(10)]
         own_map = out["map"][0]
         assert own_map is None if m == "baseline" else np.array(own_map).shape == (3, 32, 32)
+        versions = client.search_model_versions(f"name = '{name}'")  # one per checkpoint, tagged
+        assert sorted(v.tags["seed"] for v in versions) == [str(s) for s in SEEDS], name
+        assert {v.tags["method"] for v in versions} == {m} and all(
+            len(v.tags["checkpoint_md5"]) == 32 for v in versions
+        )
+    run(["python", "-m", "stages.evaluate", "baseline"], root)  # unchanged checkpoints evaluated again
+    assert len(client.search_model_versions("name = 'digits-lenet5-baseline'")) == len(SEEDS)  # no new version
 
 
 @pytest.mark.e2e

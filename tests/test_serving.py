@@ -273,3 +273,54 @@ def test_impactx_explain_bad_input_is_one_line_and_exit_2(registered, tmp_path, 
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
     assert not (tmp_path / "out").exists()  # nothing written for bad input
+
+
+def test_impactx_explain_runs_nothing_a_forged_champion_carries(registered, tmp_path, capsys, monkeypatch):
+    """A registered version whose unpickling runs a shell command, set as @champion: `impactx explain`
+    rebuilds models from weights-only checkpoints, so it refuses that one with one line and runs nothing."""
+    from test_tracking import RunsCodeWhenUnpickled
+
+    from impactx import cli
+
+    params, _, root = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", params.mlflow.tracking_uri)
+    marker = tmp_path / "pwned"
+    with tracking.stage_run("evaluate", params, run_name="evil"):
+        info = mlflow.pytorch.log_model(RunsCodeWhenUnpickled(marker), name="model", serialization_format="pickle",
+                                        registered_model_name="toy-lenet5-impactx", pip_requirements=["torch"])  # fmt: skip
+    mlflow.MlflowClient().set_registered_model_alias("toy-lenet5-impactx", "champion", info.registered_model_version)
+    png = str(write_png(tmp_path / "ok.png", 32, 32))
+    capsys.readouterr()  # what registering it printed
+    assert (
+        cli.main(["explain", png, "--model", "models:/toy-lenet5-impactx@champion", "--out", str(tmp_path / "o")]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not an impactx model" in err, err
+    assert not marker.exists() and not (tmp_path / "o").exists()
+    assert cli.main(["explain", png, "--model", "models:/toy-lenet5-impactx/1", "--out", str(tmp_path / "o")]) == 0
+
+
+def test_a_copied_project_explains_with_its_own_artifacts(registered, tmp_path, capsys, monkeypatch):
+    """Copy a project, remove the original's artifacts: `impactx explain` in the copy reads the copy's."""
+    import shutil
+
+    import yaml
+
+    params, _, root = registered
+    settings = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    settings["mlflow"] = {**settings["mlflow"], "tracking_uri": "sqlite:///mlflow.db"}  # the project's own store
+    (root / "params.yaml").write_text(yaml.safe_dump(settings))
+    copy = tmp_path.parent / f"{tmp_path.name}-copy"
+    shutil.copytree(root, copy)
+    shutil.move(root / "mlartifacts", root / "gone")
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    png = str(write_png(copy / "ok.png", 32, 32))
+    assert cli_main(["explain", png, "--model", "models:/toy-lenet5-impactx/1", "--out", str(copy / "o")]) == 0
+    assert (copy / "o" / "ok.png").exists(), capsys.readouterr().err
+
+
+def cli_main(argv):
+    from impactx import cli
+
+    return cli.main(argv)

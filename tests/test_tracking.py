@@ -1,4 +1,6 @@
 import os
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -23,18 +25,25 @@ def local_mlflow(tmp_path, monkeypatch):
     return params
 
 
-def register(params, score: float, checkpoint=None):
+def register(params, score: float, checkpoint: bool = True, tags: dict | None = None):
+    """A registered version whose weights-only checkpoint (here: its validation score as text, read by
+    `scored`) is logged beside it, as the evaluate stage logs one; checkpoint=False: none."""
     weights = Path(params.mlflow.tracking_uri.removeprefix("sqlite:///")).with_name(f"baseline-{score}.pt")
     methods.save(weights, "baseline", params.baseline, methods.build("baseline", Stage1(INFO, params.model), params))
     with tracking.stage_run("evaluate", params, run_name="baseline"):
-        if checkpoint is not None:
-            mlflow.log_artifact(str(checkpoint), artifact_path=tracking.CHECKPOINT_DIR)
+        if checkpoint:
+            ckpt = weights.with_name(f"seed0-{score}.pt")
+            ckpt.write_text(str(score))
+            mlflow.log_artifact(str(ckpt), artifact_path=tracking.CHECKPOINT_DIR)
         info = tracking.log_model(weights, INFO, params.model, np.random.rand(1, 3, 16, 16), "toy-lenet5-baseline")
+    for k, v in (tags or {}).items():
+        MlflowClient().set_model_version_tag("toy-lenet5-baseline", info.registered_model_version, k, v)
     return str(info.registered_model_version)
 
 
-def never(path):
-    raise AssertionError("the champion's score is its tag on this split: nothing is loaded")
+def scored(path: Path, wait: float = 0.0) -> float:
+    time.sleep(wait)
+    return float(path.read_text())
 
 
 def champion(name="toy-lenet5-baseline"):
@@ -43,28 +52,44 @@ def champion(name="toy-lenet5-baseline"):
 
 def test_champion_moves_only_to_a_better_model(local_mlflow):
     v1 = register(local_mlflow, 0.5)
-    assert tracking.promote_if_better("toy-lenet5-baseline", v1, 0.5, never, "split")
+    assert tracking.promote_if_better("toy-lenet5-baseline", v1, 0.5, scored, "split")
     v2 = register(local_mlflow, 0.4)
-    assert not tracking.promote_if_better("toy-lenet5-baseline", v2, 0.4, never, "split")
+    assert not tracking.promote_if_better("toy-lenet5-baseline", v2, 0.4, scored, "split")
     assert champion() == v1
     v3 = register(local_mlflow, 0.7)
-    assert tracking.promote_if_better("toy-lenet5-baseline", v3, 0.7, never, "split")
+    assert tracking.promote_if_better("toy-lenet5-baseline", v3, 0.7, scored, "split")
     assert champion() == v3
 
 
-def test_on_another_split_the_champion_is_rescored_from_its_weights_only_checkpoint(local_mlflow, tmp_path):
-    ckpt = tmp_path / "seed0.pt"
-    ckpt.write_bytes(b"weights")
-    v1 = register(local_mlflow, 0.5, checkpoint=ckpt)
-    assert tracking.promote_if_better("toy-lenet5-baseline", v1, 0.5, never, "split-a")
-    scored = []
-    v2 = register(local_mlflow, 0.6)
-    kept = tracking.promote_if_better(
-        "toy-lenet5-baseline", v2, 0.6, lambda p: scored.append(p.read_bytes()) or 0.9, "split-b"
-    )
-    assert not kept and scored == [b"weights"] and champion() == v1  # 0.9 on split-b: it stays
-    v3 = register(local_mlflow, 0.55)
-    assert tracking.promote_if_better("toy-lenet5-baseline", v3, 0.55, never, "split-a")  # v2's 0.6 was split-b
+def test_the_champion_is_scored_from_its_checkpoint_not_taken_at_its_tags_word(local_mlflow):
+    """A forged champion tagged with the real split and val_accuracy 1.0 whose weights score 0.2 loses."""
+    forged = register(local_mlflow, 0.2, tags={"split_id": "split", "val_accuracy": "1.000000"})
+    MlflowClient().set_registered_model_alias("toy-lenet5-baseline", "champion", forged)
+    v = register(local_mlflow, 0.5)
+    assert tracking.promote_if_better("toy-lenet5-baseline", v, 0.5, scored, "split") and champion() == v
+    bare = register(local_mlflow, 0.9, checkpoint=False)  # nothing to score: replaced, whatever its tags
+    MlflowClient().set_registered_model_alias("toy-lenet5-baseline", "champion", bare)
+    v = register(local_mlflow, 0.3)
+    assert tracking.promote_if_better("toy-lenet5-baseline", v, 0.3, scored, "split") and champion() == v
+
+
+def test_two_evaluations_at_once_cannot_both_beat_the_same_champion(local_mlflow):
+    """v2 (0.6, scored slowly) and v3 (0.7) promoted at once against v1 (0.5): without the lock both beat
+    v1 and the slower one, the worse, was left champion; with it v3 is compared with v2 and wins."""
+    v1, v2, v3 = (register(local_mlflow, s) for s in (0.5, 0.6, 0.7))
+    assert tracking.promote_if_better("toy-lenet5-baseline", v1, 0.5, scored, "split")
+    uri, won = mlflow.get_tracking_uri(), {}
+
+    def promote(v, score, wait):
+        mlflow.set_tracking_uri(uri)
+        won[v] = tracking.promote_if_better("toy-lenet5-baseline", v, score, lambda p: scored(p, wait), "split")
+
+    slow = threading.Thread(target=promote, args=(v2, 0.6, 1.5))
+    slow.start()
+    time.sleep(0.5)
+    promote(v3, 0.7, 0.0)
+    slow.join()
+    assert won == {v2: True, v3: True} and champion() == v3
 
 
 class RunsCodeWhenUnpickled(torch.nn.Module):
@@ -87,7 +112,7 @@ def test_a_malicious_champion_is_never_unpickled_and_is_replaced(local_mlflow, t
     evil = str(info.registered_model_version)
     MlflowClient().set_registered_model_alias("toy-lenet5-baseline", "champion", evil)
     v = register(local_mlflow, 0.3)
-    assert tracking.promote_if_better("toy-lenet5-baseline", v, 0.3, never, "split")
+    assert tracking.promote_if_better("toy-lenet5-baseline", v, 0.3, scored, "split")
     assert champion() == v and not marker.exists()
 
 
