@@ -197,7 +197,7 @@ def pipeline(
     if not 1 <= workers <= MAX_SLOTS:
         raise BadInput(f"workers must be between 1 and {MAX_SLOTS} (got {workers}): give --workers N")
     repo = Path(root).resolve()
-    with checkout_lock(repo), params_restored(repo):
+    with checkout_lock(repo), workspace_restored(repo, bool(overrides)):
         if overrides:
             apply_overrides(repo, overrides)
         if remote:
@@ -217,13 +217,18 @@ def pipeline(
         if remote:
             push(repo)
         name = experiment or f"prefect-{flow_run.name}"
-        subprocess.run([DVC, "exp", "save", "--force", "--name", name], cwd=repo, check=True, capture_output=True)
+        kept = [a for f in kept_outputs(repo) if (repo / f).exists() for a in ("-I", f)]  # git's outputs too
+        subprocess.run(
+            [DVC, "exp", "save", "--force", "--name", name, *kept], cwd=repo, check=True, capture_output=True
+        )
+        table = repo / layout.TABLE_MD  # this run's, before an override run gives the workspace back
+        if table.exists():  # the Prefect UI's Artifacts tab: Table 2 of this run
+            create_markdown_artifact(
+                markdown=table.read_text(), key="impactx-comparison", description=f"Table 2 ({name})"
+            )
     _log().info("saved as DVC experiment %s: %s", name, results)
     with contextlib.suppress(ImpactXError):  # a stage never timed yet (all cached): nothing to predict from
         _log().info("from the recorded stage times:\n%s", scaling(repo))
-    table = repo / layout.TABLE_MD
-    if table.exists():  # the Prefect UI's Artifacts tab: Table 2 of this run
-        create_markdown_artifact(markdown=table.read_text(), key="impactx-comparison", description=f"Table 2 ({name})")
     return results
 
 
@@ -469,16 +474,36 @@ def push(repo: Path) -> None:
 
 
 @contextlib.contextmanager
-def params_restored(repo: Path):
+def workspace_restored(repo: Path, overrides: bool):
     """params.yaml byte for byte as it was before the run, whatever the run did to it: the overrides live
-    in the saved experiment, and the next run (the nightly one, say) starts from params.yaml as committed."""
-    path = repo / "params.yaml"
-    before = path.read_bytes()
+    in the saved experiment, and the next run (the nightly one, say) starts from params.yaml as committed.
+    After a run with overrides, dvc.lock, the outputs git keeps (cache: false) and, from the DVC cache,
+    every other output are given back too, so the workspace and `dvc status` are as before the run (a
+    workspace with no dvc.lock yet keeps the run's outputs and lock: there is nothing to give back)."""
+    give_back = overrides and (repo / "dvc.lock").is_file()  # a workspace that never ran keeps the run's
+    files = ["params.yaml", *(["dvc.lock", *kept_outputs(repo)] if give_back else [])]
+    before = {f: (repo / f).read_bytes() if (repo / f).is_file() else None for f in files}
     try:
         yield
     finally:
-        if path.read_bytes() != before:
-            atomic_write(path, lambda tmp: tmp.write_bytes(before))
+        for f, data in before.items():
+            path = repo / f
+            if data is None:
+                path.unlink(missing_ok=True)
+            elif not path.is_file() or path.read_bytes() != data:
+                atomic_write(path, lambda tmp, data=data: tmp.write_bytes(data))
+        if give_back:
+            out = subprocess.run([DVC, "checkout"], cwd=repo, capture_output=True, text=True, env=stage_env())
+            if out.returncode:
+                _log().warning("dvc checkout after the run: %s", (out.stderr.strip() or "failed").splitlines()[-1])
+
+
+def kept_outputs(root: Path) -> list[str]:
+    """The outputs git keeps rather than DVC's cache (cache: false: the tables, metrics and plots)."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(".") as repo:
+        return sorted({str(o.def_path) for s in repo.index.stages for o in s.outs if not o.use_cache})
 
 
 def _log() -> logging.Logger | logging.LoggerAdapter:

@@ -47,7 +47,7 @@ def test_a_flow_run_leaves_params_yaml_as_it_found_it_and_holds_the_checkout(tmp
     flows = flows_module()
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     before = (tmp_path / "params.yaml").read_bytes()
-    with pytest.raises(RuntimeError), flows.params_restored(tmp_path):
+    with pytest.raises(RuntimeError), flows.workspace_restored(tmp_path, overrides=False):
         flows.apply_overrides(tmp_path, {"impactx.lambda": 1.4, "methods": ["impactx"]})
         raise RuntimeError("a stage failed")
     assert (tmp_path / "params.yaml").read_bytes() == before
@@ -170,6 +170,19 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
     assert "error: params.yaml: baseline.epochs: Input should be a valid integer" in str(error)
     assert type(error).__name__ == "BadInput"  # not retried: the same input fails the same way
 
+    # with params.yaml as committed, then with an override: the workspace ends as the first run left it
+    assert pipeline(root=str(root), experiment="tiny-base")["train@impactx-0"] == "ran"  # λ as committed
+    status, table = run(["dvc", "status", "--json"], root).stdout, (root / "metrics/comparison.json").read_bytes()
+    assert json.loads(status) == {}
+    result = pipeline(overrides={"impactx.lambda": 0.4}, root=str(root), experiment="tiny-04")  # the run cache's
+    assert {s for s, r in result.items() if r == "ran"} <= {"check_params", "compare"}  # none the run cache has
+    assert json.loads(run(["dvc", "status", "--json"], root).stdout) == {}  # outputs and dvc.lock given back
+    assert (root / "metrics/comparison.json").read_bytes() == table and (root / "params.yaml").read_bytes() == committed
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], root).stdout)
+    saved = {x["revs"][0]["name"]: x["revs"][0]["data"] for b in shown for x in b["experiments"] or []}
+    metrics = lambda exp: json.dumps(saved[exp]["metrics"])  # noqa: E731
+    assert "comparison.json" in metrics("tiny-04") and metrics("tiny-04") != metrics("tiny-base")  # its own table
+
 
 @pytest.mark.e2e
 def test_two_worker_slots_end_with_the_outputs_and_lock_of_a_sequential_repro(
@@ -177,7 +190,8 @@ def test_two_worker_slots_end_with_the_outputs_and_lock_of_a_sequential_repro(
 ):
     """...and every stage's MLflow run lands in one tracking server, whichever slot ran it. A stage marked
     `threads: split` runs with half the threads when another is ready beside it, and its bytes are the same."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # what a sequential stage gets, whatever the machine's cores
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # what a sequential stage gets, whatever the cores
+        monkeypatch.setenv(var, "2")  # (conftest gives xdist workers 1)
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # two pytest workers: idle OpenMP threads sleep
     kw = {"seeds": [0], "methods": ["impactx"], "controls": []}
     sequential, fanned = tiny_project(tmp_path / "seq", **kw), tiny_project(tmp_path / "par", **kw)
@@ -330,6 +344,28 @@ def test_deployments_load_and_validate():
     sweep = deployments["lambda-sweep"]["parameters"]
     assert all(0.2 <= lam <= 1.4 for lam in sweep["lambdas"]) and len(sweep["seeds"]) == 3
     json.dumps(sweep)  # parameters travel as JSON
+
+
+@pytest.mark.e2e
+def test_the_nightly_schedule_creates_scheduled_runs_on_a_server(prefect_server):
+    """The nightly deployment's cron, applied to a server, gives it scheduled flow runs: the insert the
+    server's scheduler makes every minute (prefect 3.8.8 with SQLAlchemy 2.1 raised "Can't evaluate bulk
+    DML statement" there, and the cron created nothing)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    nightly = next(
+        d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"] if d["name"] == "nightly"
+    )
+    cron = CronSchedule(**nightly["schedules"][0])
+    deployment = load(nightly["entrypoint"]).to_deployment(name="nightly-schedule-test", schedule=cron)
+    deployment_id = deployment.apply()
+    with get_client(sync_client=True) as client:
+        answer = client.request("POST", "/deployments/{id}/schedule", path_params={"id": deployment_id}, json={})
+        assert answer.status_code < 300, answer.text
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+    assert runs and {r.state.name for r in runs} == {"Scheduled"}
+    assert all(r.expected_start_time.hour == 2 and r.expected_start_time.minute == 0 for r in runs)  # 02:00 UTC
 
 
 def test_the_local_dask_cluster_listens_on_loopback_only():
