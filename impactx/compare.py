@@ -21,6 +21,23 @@ MAPS = ("own", "shap", "random")  # same-model faithfulness: its own map, SHAP o
 FAITH_SCORES = ("aopc", "aopc_lerf", "srg")
 
 
+HEADLINE = ("test_accuracy", "val_accuracy", "aopc")  # each row's means in metrics/headline.json
+
+
+def headline(summary: dict) -> dict:
+    """The DVC metric: each row's mean test and validation accuracy and AOPC, and each paired difference
+    of test accuracy (mean and 95% interval over seeds), named as in the full table
+    (impactx.val_accuracy.mean, impactx.test_accuracy_minus_impactx_lambda0.ci95): a few dozen columns in
+    `dvc exp show` and `dvc metrics show`, where the full table made hundreds."""
+    out = {}
+    for row, s in summary.items():
+        out[row] = {k: {"mean": s[k]["mean"]} for k in HEADLINE if k in s}
+        out[row] |= {
+            k: {"mean": v["mean"], "ci95": v["ci95"]} for k, v in s.items() if k.startswith("test_accuracy_minus_")
+        }
+    return out
+
+
 def mean_std(values: list[float]) -> dict:
     """Mean and sample standard deviation (ddof 1); std is null for a single seed."""
     v = np.asarray(values, dtype=np.float64)

@@ -9,7 +9,7 @@ from impactx import ImpactXError
 
 def best_experiment(rows: list[dict], metric: str) -> dict:
     """The experiment row (dvc.api.exp_show's) with the highest `metric`, a `val_` metric of
-    metrics/comparison.json such as impactx.val_accuracy.mean."""
+    metrics/headline.json such as impactx.val_accuracy.mean."""
     if "val_" not in metric:
         raise ImpactXError(f"'{metric}' is not a validation metric: pick on val_* (e.g. impactx.val_accuracy.mean)")
     runs = [r for r in rows if r.get("Experiment") and r.get(metric) is not None]
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     import dvc.api
 
     ap = argparse.ArgumentParser(prog="python -m impactx.experiments", description=__doc__)
-    ap.add_argument("metric", help="a validation metric of metrics/comparison.json, e.g. impactx.val_accuracy.mean")
+    ap.add_argument("metric", help="a validation metric of metrics/headline.json, e.g. impactx.val_accuracy.mean")
     ap.add_argument("--apply", action="store_true", help="dvc exp apply the best experiment to the workspace")
     args = ap.parse_args(argv)
     best = best_experiment(dvc.api.exp_show(repo="."), args.metric)

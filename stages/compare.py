@@ -23,6 +23,7 @@ def main():
     title = f"{params.data.source}, {params.model.backbone}"
     table = compare.markdown(summary, title, params.seeds, attribution.label(params.attribution))
     save_json(layout.TABLE_JSON, summary)
+    save_json(layout.HEADLINE_JSON, compare.headline(summary))
     atomic_write(layout.TABLE_MD, lambda t: t.write_text(table))
     save_json(layout.MORF_PLOT, compare.morf_rows(records, rows))
     figures.comparison_figures(data.load(layout.PREPARED), records, rows, params)
@@ -33,11 +34,12 @@ def main():
         # (impactx.test_accuracy_minus_impactx_lambda0.mean, .ci95, .n), faithfulness and fidelity
         numbers = {k: v for k, v in tracking.flatten(summary).items() if isinstance(v, int | float)}
         mlflow.log_metrics({k: float(v) for k, v in numbers.items() if not isinstance(v, bool)})
-        for path in (layout.TABLE_MD, layout.TABLE_JSON, *layout.FIGURES.values()):
+        for path in (layout.TABLE_MD, layout.TABLE_JSON, layout.HEADLINE_JSON, *layout.FIGURES.values()):
             mlflow.log_artifact(str(path))
     print(table)
     print(
-        f"  table: {layout.TABLE_MD} {layout.TABLE_JSON} (dvc metrics show)   MoRF: {layout.MORF_PLOT} (dvc plots show)"
+        f"  table: {layout.TABLE_MD} {layout.TABLE_JSON}; headline: {layout.HEADLINE_JSON} (dvc metrics show)"
+        f"   MoRF: {layout.MORF_PLOT} (dvc plots show)"
     )
     print("  figures: " + " ".join(str(p) for p in layout.FIGURES.values()))
     print(f"  MLflow UI: mlflow ui --backend-store-uri {params.mlflow.tracking_uri}  (http://127.0.0.1:5000)")

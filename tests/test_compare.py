@@ -126,3 +126,15 @@ def test_same_model_faithfulness_and_the_predicted_class_floor_are_paired_per_se
     assert "- IMPACTX, Pearson with Integrated Gradients of A (true class) − the class-mean map of the true class" in ig
     uri = "models:/cifar10-mobilenet_v2-baseline/1"
     assert label(parse_params({"attribution": {"teacher": uri}}).attribution) == f"SHAP of {uri}"
+
+
+def test_the_headline_metric_is_the_means_and_the_paired_test_differences_named_as_in_the_table():
+    records = [record(m, s, acc) for m, accs in (("baseline", (0.6, 0.62, 0.61)), ("impactx", (0.63, 0.64, 0.62)))
+               for s, acc in enumerate(accs)]  # fmt: skip
+    summary = compare.summarize(records, ["baseline", "impactx"])
+    head = compare.headline(summary)
+    assert head["impactx"]["val_accuracy"]["mean"] == summary["impactx"]["val_accuracy"]["mean"]
+    assert head["impactx"]["test_accuracy_minus_baseline"] == {
+        k: summary["impactx"]["test_accuracy_minus_baseline"][k] for k in ("mean", "ci95")
+    }
+    assert set(head["baseline"]) == {"test_accuracy", "val_accuracy", "aopc"}  # no std, no curves

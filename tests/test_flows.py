@@ -181,7 +181,7 @@ def test_flow_runs_the_dag_as_a_dvc_experiment(tmp_path, prefect_server):
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root).stdout)
     saved = {x["revs"][0]["name"]: x["revs"][0]["data"] for b in shown for x in b["experiments"] or []}
     metrics = lambda exp: json.dumps(saved[exp]["metrics"])  # noqa: E731
-    assert "comparison.json" in metrics("tiny-04") and metrics("tiny-04") != metrics("tiny-base")  # its own table
+    assert "headline.json" in metrics("tiny-04") and metrics("tiny-04") != metrics("tiny-base")  # its own table
 
 
 @pytest.mark.e2e

@@ -35,7 +35,13 @@ def test_every_declared_output_is_a_layout_path(stages):
     for kind, names in (("", params.methods), ("_control", params.controls), ("_baseline", ["baseline"])):
         for m in names:
             expected[f"evaluate{kind}@{m}"] = [layout.results(m)]
-    expected["compare"] = [*layout.FIGURES.values(), layout.TABLE_MD, layout.MORF_PLOT, layout.TABLE_JSON]
+    expected["compare"] = [
+        *layout.FIGURES.values(),
+        layout.TABLE_MD,
+        layout.MORF_PLOT,
+        layout.TABLE_JSON,
+        layout.HEADLINE_JSON,
+    ]
     assert set(stages) == set(expected)
     for name, paths in expected.items():
         assert outs(stages[name]) == sorted(paths), name

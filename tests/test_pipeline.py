@@ -93,7 +93,10 @@ def test_repro_runs_every_method_and_seed_and_writes_table2(project):
     assert "MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db" in first.stdout
     assert not list(root.glob(".attribution_work/*"))  # shards are removed once maps.npy is in place
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], root).stdout)
-    assert "metrics/comparison.json" in json.dumps(shown)
+    assert "metrics/headline.json" in json.dumps(shown) and "metrics/comparison.json" not in json.dumps(shown)
+    headline = json.loads((root / "metrics/headline.json").read_text())
+    assert headline["impactx"]["val_accuracy"]["mean"] == table["impactx"]["val_accuracy"]["mean"]
+    assert len(run(["dvc", "metrics", "show"], root).stdout) < 5000  # the full table printed 14,000 characters
     plots = json.loads(run(["dvc", "plots", "show", "--json"], root).stdout)
     assert len(plots["data"]) == 1, list(plots["data"])  # one plot: no stray second definition
     assert "probability of the predicted class" in json.dumps(plots)  # the template's labelled y axis
