@@ -449,10 +449,13 @@ def _timing(outcome: str, seconds: float, restore: float, workers: int) -> dict:
 
 
 def _remote(repo: Path, verb: str) -> tuple[int, str, str]:
-    """`dvc <verb> --run-cache` against the default remote: its exit code, output, and last line of it."""
+    """`dvc <verb> --run-cache` against the default remote: its exit code, output, and the line that says
+    what happened (DVC's last ERROR line, not the support footer it prints after it)."""
     out = subprocess.run([DVC, verb, "--run-cache"], cwd=repo, capture_output=True, text=True, env=stage_env())
     said = (out.stdout + out.stderr).strip()
-    return out.returncode, said, (said.splitlines()[-1] if said else f"exit {out.returncode}")
+    lines = [line for line in said.splitlines() if line.strip() and "Having any troubles" not in line]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return out.returncode, said, (errors or lines or [f"exit {out.returncode}"])[-1]
 
 
 def pull(repo: Path) -> None:
@@ -469,7 +472,10 @@ def push(repo: Path) -> None:
     """This run's outputs and run-cache entries to the default DVC remote, for the other machines."""
     code, _, last = _remote(repo, "push")
     if code:
-        raise StageFailed(f"dvc push to the default remote failed: {last}")
+        raise StageFailed(
+            f"dvc push to the default remote failed ({last}): check its URL with `dvc remote list`; the results"
+            " are in this checkout's DVC cache, so `dvc push --run-cache` sends them once the remote is reachable"
+        )
     _log().info("dvc push --run-cache: %s", last)
 
 

@@ -4,6 +4,7 @@ the deployment definitions. The tests that run flows share one temporary Prefect
 import importlib.util
 import json
 import os
+import subprocess
 
 import mlflow
 import numpy as np
@@ -95,6 +96,23 @@ def test_a_split_stage_shares_the_threads_and_a_training_stage_keeps_them(monkey
     )
     assert flows.split_threads(REPO) >= {"attribution@0", "teacher@0", "evaluate@impactx", "evaluate_baseline@baseline"}
     assert not {s for s in flows.split_threads(REPO) if s.startswith(("baseline", "train"))}  # they train
+
+
+def test_a_lost_remote_is_one_line_that_names_dvcs_error_and_the_fix(monkeypatch, tmp_path):
+    """DVC 3.67 prints its errors, then a support footer that the message used to end with (exit 255)."""
+    flows = flows_module()
+    said = (
+        "ERROR: failed to transfer '.dvc/cache/runs/a3/a35d' - [Errno 2] No such file or directory: '/gone'\n"
+        "ERROR: unexpected error - [Errno 2] No such file or directory: '/gone'\n\n"
+        "Having any troubles? Hit us up at https://dvc.org/support, we are always happy to help!\n"
+    )
+    done = subprocess.CompletedProcess([], 255, stdout="", stderr=said)
+    monkeypatch.setattr(flows.subprocess, "run", lambda *a, **k: done)
+    with pytest.raises(flows.StageFailed) as failed:
+        flows.push(tmp_path)
+    message = str(failed.value)
+    assert "ERROR: unexpected error - [Errno 2] No such file or directory: '/gone'" in message
+    assert "dvc remote list" in message and "troubles" not in message and "\n" not in message
 
 
 def test_a_failed_stage_stops_its_descendants_only(monkeypatch, tmp_path):
