@@ -305,6 +305,20 @@ def log_params_section(params: Params, *sections: str) -> None:
     mlflow.log_params(flatten({s: dump[s] for s in sections}))
 
 
+def log_datasets(ds, params: Params) -> None:
+    """The training and validation splits as the run's MLflow dataset inputs (name, digest, shape, source):
+    the UI's Datasets column says what a model was trained and chosen on. The test split is not logged
+    here: it never takes part in training."""
+    from mlflow.data.numpy_dataset import from_numpy
+
+    source = str(params.data.path or params.data.source)
+    for split, context in ((ds.train, "training"), (ds.val, "validation")):
+        with warnings.catch_warnings():  # a plain path "can be interpreted in multiple ways": a local one
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            data = from_numpy(split.x, source=source, targets=split.y, name=f"{params.data.source}-{context}")
+        mlflow.log_input(data, context=context)
+
+
 def epoch_logger(prefix: str = ""):
     def on_epoch(epoch: int, metrics: dict):
         mlflow.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=epoch)

@@ -20,6 +20,7 @@ def main():
     model = method.build(stage1, settings)
     with tracking.stage_run(dvc_stage(f"train@{method.name}-{seed}"), params, method=method.name, seed=seed):
         tracking.log_params_section(params, "model", "recipe", "training", method.section)
+        tracking.log_datasets(ds, params)
         mlflow.log_params({f"effective.{k}": v for k, v in settings.model_dump(by_alias=True).items()})
         result = train_model(
             model, ds.train, ds.val, settings, device=resolve_device(params.device), seed=seed,

@@ -151,6 +151,9 @@ def test_mlflow_runs_are_tagged_and_registered(project):
     assert {r.data.params["effective.lambda"] for r in control} == {"0.0"}  # not the impactx section's λ
     assert by_stage[train_stage("impactx_lambda0", 0)].data.params["effective.lambda"] == "0.0"
     assert len(client.get_metric_history(by_stage["baseline@0"].info.run_id, "val_accuracy")) == 2  # per epoch
+    inputs = client.get_run(by_stage["baseline@0"].info.run_id).inputs.dataset_inputs  # mlflow.log_input
+    assert sorted(i.tags[0].value for i in inputs) == ["training", "validation"]
+    assert {i.dataset.name for i in inputs} == {"digits-training", "digits-validation"}
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     for m in ROWS:
         name = f"digits-lenet5-{m}"
