@@ -66,3 +66,51 @@ def test_pearson_map_loss_ignores_offset_and_scale():
     logits, y = torch.randn(4, 5), torch.randint(0, 5, (4,))
     total, ce, m = impactx_loss(logits, y, 2 * target, target, 0.5, "pearson")
     assert torch.allclose(total, ce) and m.abs() < 1e-6
+
+
+@pytest.mark.parametrize("backbone,size", [("lenet5", 32), ("lenet5", 96), ("cnn3", 32)])
+@pytest.mark.parametrize("skip", ["lep", "m"])
+def test_spatial_decoder_gives_a_full_size_map_that_follows_the_image(backbone, size, skip):
+    base = Classifier(build_backbone(backbone, 3, 10, size), [0.5] * 3, [0.25] * 3)
+    model = ImpactX(base, 10, (3, size, size), latent_dim=32, decoder="spatial", decoder_skip=skip)
+    x = torch.rand(2, 3, size, size)
+    logits, r_hat = model.explain(x)
+    assert logits.shape == (2, 10) and r_hat.shape == x.shape and r_hat.abs().max() <= 1
+    # the same code z with another image's stem features and pixels gives another map: D reads the image
+    _, (z, s, xn, _) = model._forward(x)
+    swapped = model.decoder(z, s.flip(0), xn.flip(0))
+    assert not torch.allclose(swapped, r_hat)
+
+
+@pytest.mark.parametrize("skip", ["lep", "m"])
+def test_spatial_decoder_trains_the_lep_and_keeps_m_frozen(skip):
+    base = Classifier(build_backbone("lenet5", 3, 10, 32), [0.5] * 3, [0.25] * 3)
+    model = ImpactX(base, 10, (3, 32, 32), latent_dim=32, decoder="spatial", decoder_skip=skip).train()
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    logits, r_hat = model.explain(x)
+    _, _, m = impactx_loss(logits, y, r_hat, torch.rand_like(x), 1.0)
+    m.backward()  # the map loss alone
+    assert all(p.grad is None for p in model.m.parameters())
+    lep_grad = model.lep.stem[0].weight.grad
+    # the map reaches the LEP's stem through z, and (skip lep) through the skip connection too
+    assert lep_grad is not None and lep_grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("decoder", ["latent", "spatial"])
+def test_class_prior_adds_a_learned_map_per_class_mixed_by_a(decoder):
+    base = Classifier(build_backbone("lenet5", 3, 10, 32), [0.5] * 3, [0.25] * 3)
+    model = ImpactX(base, 10, (3, 32, 32), latent_dim=32, decoder=decoder, decoder_prior="class").train()
+    assert model.templates.shape == (10, 3, 32, 32)
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        model.templates.copy_(torch.randn(10, 3, 32, 32))
+        _, r_hat = model.explain(x)
+        _, (z, s, xn, a) = model._forward(x)
+        d = model.decoder(z, s, xn) if decoder == "spatial" else model.decoder(z)
+        p = F.softmax(base.backbone(base.normalize(x)), dim=1)  # A's probabilities
+        expected = d + (p[:, :, None, None, None] * model.templates).sum(1)
+    assert torch.allclose(r_hat, expected, atol=1e-5)
+    logits, r_hat = model.explain(x)
+    _, _, m = impactx_loss(logits, y, r_hat, torch.rand_like(x), 1.0)
+    m.backward()  # the map loss trains the templates, never M
+    assert model.templates.grad.abs().sum() > 0 and all(q.grad is None for q in model.m.parameters())

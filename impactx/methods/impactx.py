@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from impactx import attribution
-from impactx.backbones import Backbone, with_new_head
+from impactx.backbones import Backbone, feature_shape, with_new_head
 from impactx.config import TrainParams
 from impactx.maps import paired_with_others, scale_maps
 from impactx.methods import Stage1, register
@@ -33,6 +33,14 @@ class ImpactxParams(TrainParams):
     decoder_width: int = Field(64, gt=0)  # channels of D's first feature map (halved per upsampling, ≥ 16)
     map_loss: Literal["mse", "pearson"] = "mse"  # mse: the paper's; pearson: 1 − per-image correlation
     decoder_input: Literal["layernorm", "raw"] = "layernorm"  # D's input: LayerNorm(z), or z itself (raw)
+    # the one-pass map beyond the paper (issue 25; measured in docs/results/explanation_head_cifar100_seed0.md):
+    # latent: D(z), the paper's; spatial: D(z, s, x), z plus a feature map s of the image (decoder_skip) and the
+    # image itself, U-Net style (SpatialDecoder)
+    decoder: Literal["latent", "spatial"] = "latent"
+    decoder_skip: Literal["lep", "m"] = "lep"  # spatial: s from the LEP's stem (trained) or frozen M's stem
+    # class: D's map plus Σ_k p_k·T_k, a learned map T_k per class weighted by A's probabilities p (WAE's map,
+    # learned): D learns what this image adds to its class. K·C·H·W more parameters
+    decoder_prior: Literal["none", "class"] = "none"
     training: Literal["two_stage", "single_stage"] = "two_stage"  # single_stage: M trains too, maps refreshed
     refresh_every: int = Field(5, gt=0)  # single_stage: new maps from the current M every this many epochs
     refresh_method: str = "integrated_gradients"  # single_stage: R of the refreshes (pick a cheap one)
@@ -107,6 +115,42 @@ class Decoder(nn.Module):
         return self.convs(h)
 
 
+class SpatialDecoder(nn.Module):
+    """D(z, s, x): the class code z broadcast over a stem feature map s of the image (stride 2–4, from the
+    LEP or M), convolved, upsampled to the input size and joined with features of the image itself, then
+    convolved to the map. The map can follow where things are in this image; D(z) alone sees only z."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        feature_shape: tuple[int, int, int],
+        in_channels: int,
+        width: int = 64,
+        bounded: bool = True,
+        normalize_input: bool = True,
+    ):
+        super().__init__()
+        f = feature_shape[0]
+        norm = [nn.LayerNorm(latent_dim)] if normalize_input else []
+        self.code = nn.Sequential(*norm, nn.Linear(latent_dim, width), nn.ReLU())  # z → width channels
+        self.mid = nn.Sequential(  # [z broadcast, s]: (width + F)×h×w → width×h×w
+            nn.Conv2d(width + f, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU()
+        )
+        half = max(width // 2, 16)
+        self.image = nn.Sequential(nn.Conv2d(in_channels, half, 3, padding=1), nn.ReLU())  # C×H×W → half×H×W
+        self.out = nn.Sequential(
+            nn.Conv2d(width + half, half, 3, padding=1), nn.ReLU(), nn.Conv2d(half, in_channels, 3, padding=1),
+            *([nn.Tanh()] if bounded else []),
+        )  # fmt: skip
+
+    def forward(self, z, s, xn):
+        n, _, h, w = s.shape
+        code = self.code(z)[:, :, None, None].expand(n, -1, h, w)  # N×width×h×w
+        mid = self.mid(torch.cat([code, s], dim=1))  # N×width×h×w
+        up = F.interpolate(mid, size=xn.shape[-2:], mode="bilinear", align_corners=False)  # N×width×H×W
+        return self.out(torch.cat([up, self.image(xn)], dim=1))  # N×C×H×W
+
+
 class ImpactX(nn.Module):
     """IMPACTX: M (frozen, from stage 1) gives m; LEP gives z = sigmoid(FC512(...)); C classifies [m, z];
     D(z) is the predicted attribution map. forward() returns logits (for pyfunc/registry);
@@ -127,6 +171,9 @@ class ImpactX(nn.Module):
         lep_from: Backbone | None = None,
         classifier_input: str = "logits",
         map_pairing: str = "own",
+        decoder: str = "latent",
+        decoder_skip: str = "lep",
+        decoder_prior: str = "none",
     ):
         super().__init__()
         self.lam = lam  # λ, the weight of the map loss (a training setting: not in the state_dict)
@@ -137,7 +184,7 @@ class ImpactX(nn.Module):
         self.map_loss = map_loss  # mse | pearson
         self.map_pairing = map_pairing  # own | within_class | across_classes (training_maps)
         self.penultimate = classifier_input == "penultimate"  # C reads M's features before its last FC
-        c, h, _ = image_shape
+        c, h, w = image_shape
         self.normalize = baseline.normalize
         self.m = baseline.backbone
         for p in self.m.parameters():
@@ -150,9 +197,16 @@ class ImpactX(nn.Module):
         self.lep = with_new_head(lep_base, nn.Sequential(nn.Linear(in_features, latent_dim), nn.Sigmoid()))
         for p in self.lep.parameters():
             p.requires_grad_(True)
-        self.decoder = Decoder(
-            latent_dim, c, h, decoder_width, bounded=target == "max_abs", normalize_input=decoder_input == "layernorm"
+        bounded, norm = target == "max_abs", decoder_input == "layernorm"
+        self.spatial = decoder == "spatial"  # D(z, s, x), s the stem features of the LEP (skip_m: of M)
+        self.skip_m = decoder_skip == "m"
+        self.decoder = (
+            SpatialDecoder(latent_dim, feature_shape(self.lep, c, h), c, decoder_width, bounded, norm)
+            if self.spatial
+            else Decoder(latent_dim, c, h, decoder_width, bounded, norm)
         )
+        # K×C×H×W learned class maps, mixed by A's probabilities (decoder_prior: class)
+        self.templates = nn.Parameter(torch.zeros(num_classes, c, h, w)) if decoder_prior == "class" else None
         m_dim = in_features if self.penultimate else num_classes
         self.c = nn.Sequential(nn.Linear(m_dim + latent_dim, 256), nn.ReLU(), nn.Linear(256, num_classes))
 
@@ -162,20 +216,29 @@ class ImpactX(nn.Module):
             self.m.eval()  # M is frozen: keep its batch-norm/dropout (if any) in inference mode
         return self
 
-    def _logits_and_z(self, x):
+    def _forward(self, x):
+        """Logits, and what the map is made from: z, the stem features s (for a spatial D), the normalised
+        image and A's logits (for the class prior; None without one)."""
         xn = self.normalize(x)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.refresh is not None):
-            # N×K logits (or N×F penultimate features); frozen in two-stage training
-            m = self.m.trunk(self.m.stem(xn)) if self.penultimate else self.m(xn)
-        z = self.lep(xn)  # N×latent_dim, in (0, 1)
-        return self.c(torch.cat([m, z], dim=1)), z
+            s_m = self.m.stem(xn)  # N×F×h×w, M's stem features; frozen in two-stage training
+            feats = self.m.trunk(s_m)  # N×F' penultimate features
+            a = self.m.head(feats) if not self.penultimate or self.templates is not None else None  # N×K logits of A
+            m = feats if self.penultimate or a is None else a  # what C reads of M
+        s_lep = self.lep.stem(xn)
+        z = self.lep.head(self.lep.trunk(s_lep))  # N×latent_dim, in (0, 1)
+        logits = self.c(torch.cat([m, z], dim=1))
+        return logits, (z, s_m if self.skip_m else s_lep, xn, a)
 
     def explain(self, x):
-        logits, z = self._logits_and_z(x)
-        return logits, self.decoder(z)  # N×K, N×C×H×W
+        logits, (z, s, xn, a) = self._forward(x)
+        r = self.decoder(z, s, xn) if self.spatial else self.decoder(z)  # N×C×H×W
+        if self.templates is not None:
+            r = r + torch.einsum("nk,kchw->nchw", a.detach().softmax(1), self.templates)
+        return logits, r  # N×K, N×C×H×W
 
     def forward(self, x):  # the class alone skips the decoder: SHAP and MoRF of this model call it often
-        return self._logits_and_z(x)[0]
+        return self._forward(x)[0]
 
     def training_maps(self, maps: torch.Tensor, labels, seed: int) -> torch.Tensor:
         """The targets train_model pairs with the training images: their own maps, or (the shuffled
@@ -229,7 +292,8 @@ def build_impactx(stage1: Stage1, settings: ImpactxParams) -> ImpactX:
         settings.decoder_width, settings.map_loss, settings.decoder_input,
         None if settings.training == "two_stage" else
         {"every": settings.refresh_every, "method": settings.refresh_method, "cost": settings.refresh_cost},
-        lep_from, settings.classifier_input, settings.map_pairing,
+        lep_from, settings.classifier_input, settings.map_pairing, settings.decoder, settings.decoder_skip,
+        settings.decoder_prior,
     )  # fmt: skip
 
 
