@@ -230,21 +230,24 @@ def markdown(summary: dict, title: str, seeds: list[int], teacher: str = "SHAP o
     return "\n".join(lines) + "\n"
 
 
-def mean_curves(records: list[dict], order: list[str]) -> dict[str, tuple[np.ndarray, float]]:
-    """{label: (mean MoRF curve, mean AOPC)} per method over its seeds, in `order`, and of random maps
-    over every run: what the plot data and the MoRF figure both show."""
+def mean_curves(records: list[dict], order: list[str], removal: str = "morf") -> dict[str, tuple[np.ndarray, float]]:
+    """{label: (mean curve, mean AOPC)} per method over its seeds, in `order`, and of random maps over
+    every run: what the plot data and the figures show. removal: morf (most relevant removed first) or
+    lerf (least relevant first)."""
+
+    def curve_aopc(r: dict, map_: str) -> tuple[list, float]:
+        if removal == "morf":
+            return (r["morf_curve"], r["aopc"]) if map_ == "own" else (r["random_curve"], r["aopc_random"])
+        f = r["faithfulness"][map_]
+        return f["lerf_curve"], f["aopc_lerf"]
+
     out = {}
     for name in order:
-        rs = [r for r in records if r["method"] == name]
+        rs = [curve_aopc(r, "own") for r in records if r["method"] == name]
         if rs:
-            out[methods.get(name).label] = (
-                np.mean([r["morf_curve"] for r in rs], 0),
-                float(np.mean([r["aopc"] for r in rs])),
-            )
-    out[RANDOM] = (
-        np.mean([r["random_curve"] for r in records], 0),
-        float(np.mean([r["aopc_random"] for r in records])),
-    )
+            out[methods.get(name).label] = (np.mean([c for c, _ in rs], 0), float(np.mean([a for _, a in rs])))
+    rs = [curve_aopc(r, "random") for r in records]
+    out[RANDOM] = (np.mean([c for c, _ in rs], 0), float(np.mean([a for _, a in rs])))
     return out
 
 

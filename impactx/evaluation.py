@@ -134,8 +134,9 @@ def faithfulness(model, x: torch.Tensor, maps: dict[str, torch.Tensor], params: 
 
 def evaluate_run(
     model, method: Method, seed: int, ds: Dataset, params: Params, device, teacher=None, class_maps=None
-) -> tuple[dict, np.ndarray]:
-    """The result record of one (method, seed) and the own maps of the first figure_images MoRF images.
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """The result record of one (method, seed) and, for the figures, the first figure_images MoRF images'
+    own maps, post-hoc SHAP maps of the same model and predicted classes.
     With `teacher` (SHAP of A for the true class of the MoRF images) and `class_maps` (K×C×H×W class
     means of the training maps), the record also has the map's agreement with the teacher and the floors':
     the class mean of the true class (an oracle: it knows the label) and of the predicted class (what the
@@ -168,4 +169,6 @@ def evaluate_run(
         cm = np.asarray(class_maps)
         floors = {"class_mean": cm[ds.test.y[idx]], "class_mean_pred": cm[pred], "random": random_maps.numpy()}
         record["fidelity"] = fidelity(own.numpy(), teacher, floors)
-    return record, own[: p.figure_images].numpy().astype(np.float16)
+    n = p.figure_images  # the figure's images: the method's own map, post-hoc SHAP of the model, its class
+    return record, {"maps": own[:n].numpy().astype(np.float16), "shap": shap_maps[:n].numpy().astype(np.float16),
+                    "pred": pred[:n]}  # fmt: skip

@@ -37,26 +37,41 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def explanation_grid(images: np.ndarray, maps: dict[str, np.ndarray], titles: list[str], path: Path) -> None:
-    """One row per image (its title: the true class), the image, then each method's map (columns headed
-    by the method). A column shares one colour scale, summed over channels, drawn under it: a diverging
-    one centred on 0 for signed maps (red: evidence for the class, blue: against), the map's own range
-    for maps with no sign (attention)."""
+def explanation_grid(
+    images: np.ndarray,
+    maps: dict[str, np.ndarray],
+    titles: list[str],
+    path: Path,
+    cell_titles: dict[str, list[str]] | None = None,
+) -> None:
+    """One row per image (its title: the true class), the image, then each map (columns headed by their
+    name; `cell_titles` puts a line over each of a column's cells, e.g. the model's predicted class). Maps
+    are summed over channels. Signed maps (SHAP, D(LEP(x))) are divided by their own max |value|, as
+    explanations of different images differ in scale by orders of magnitude, on one diverging scale centred
+    on 0 (red: evidence for the class, blue: against); maps with no sign (attention) share their column's
+    range. Each column's colour bar is drawn under it."""
     n, cols = len(images), 1 + len(maps)
+    cell_titles = cell_titles or {}
     fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.3 * n + 0.8), squeeze=False)
     scales = {name: _scale(m.astype(np.float32).sum(1)) for name, m in maps.items()}
+    for name, m in maps.items():
+        if scales[name]["cmap"] == "bwr":
+            peak = np.abs(m.astype(np.float32).sum(1)).max(axis=(1, 2))[:, None, None, None]
+            maps = maps | {name: m.astype(np.float32) / np.where(peak > 0, peak, 1)}
+            scales[name] = {"cmap": "bwr", "vmin": -1.0, "vmax": 1.0}
     for i in range(n):
         rgb = images[i].transpose(1, 2, 0).squeeze()
         axes[i, 0].imshow(rgb, cmap="gray" if rgb.ndim == 2 else None)
         axes[i, 0].set_title(titles[i], fontsize=8)
         for j, (name, m) in enumerate(maps.items(), start=1):
             shown = _show_map(axes[i, j], m[i], scale=scales[name])
-            if i == 0:
-                axes[i, j].set_title(name, fontsize=8, fontweight="bold")
+            lines = ([name] if i == 0 else []) + ([cell_titles[name][i]] if name in cell_titles else [])
+            axes[i, j].set_title("\n".join(lines), fontsize=7)
             if i == n - 1:
                 bar = fig.colorbar(shown, ax=axes[:, j], orientation="horizontal", fraction=0.04, pad=0.02)
                 bar.ax.tick_params(labelsize=6)
-                bar.set_label("against ←→ for the class" if scales[name]["cmap"] == "bwr" else "attention", fontsize=6)
+                signed = scales[name]["cmap"] == "bwr"
+                bar.set_label("against ←→ for the class (÷ max |map|)" if signed else "attention", fontsize=6)
         for ax in axes[i]:
             ax.axis("off")
     _save(fig, path)
@@ -78,38 +93,48 @@ def explanation_figure(image: np.ndarray, m: np.ndarray | None, title: str, path
     _save(fig, path)
 
 
-def morf_plot(
-    fractions: np.ndarray,
-    curves: dict[str, np.ndarray],
-    aopcs: dict[str, float],
-    path: Path,
-    spread: dict[str, np.ndarray] | None = None,
-) -> None:
-    """Mean MoRF curve per map, AOPC in the legend; `spread` (the std over seeds at each fraction) as a
-    band around it."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, c in curves.items():
-        line = ax.plot(fractions, c, marker="o", ms=3, label=f"{name} (AOPC {aopcs[name]:.3f})")[0]
-        if spread is not None and name in spread:
-            ax.fill_between(fractions, c - spread[name], c + spread[name], color=line.get_color(), alpha=0.15, lw=0)
-    ax.set_xlabel("fraction of patches replaced by noise (most relevant first)")
-    ax.set_ylabel("probability of predicted class")
-    ax.set_title("MoRF" + (": mean over seeds, band ± std" if spread else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+Panel = tuple[dict[str, np.ndarray], dict[str, float], dict[str, np.ndarray]]  # curves, AOPCs, std over seeds
+
+
+def removal_plot(fractions: np.ndarray, panels: dict[str, Panel], path: Path) -> None:
+    """One panel per removal order ("MoRF", "LeRF"): the mean curve of each map, its AOPC in the legend,
+    and the std over seeds at each fraction as a band around it (maps with one seed: no band)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False, sharey=True)
+    for ax, (order, (curves, aopcs, spread)) in zip(axes[0], panels.items(), strict=True):
+        for name, c in curves.items():
+            line = ax.plot(fractions, c, marker="o", ms=3, label=f"{name} (AOPC {aopcs[name]:.3f})")[0]
+            if name in spread:
+                ax.fill_between(fractions, c - spread[name], c + spread[name], color=line.get_color(), alpha=0.15, lw=0)
+        first = "most" if order == "MoRF" else "least"
+        ax.set_xlabel(f"fraction of patches replaced ({first} relevant first)")
+        ax.set_title(f"{order}: mean over seeds" + (", band ± std" if spread else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("probability of predicted class")
     _save(fig, path)
 
 
 def comparison_figures(ds, records: list[dict], rows: list[str], params) -> None:
-    """The compare stage's figures: the first seed's maps of every method on the first MoRF images, and
-    the mean MoRF curves (AOPC in the legend), where layout puts them."""
+    """The compare stage's figures, where layout puts them: the first seed's maps on the first MoRF images
+    (the paper's Figs. 3–5: each trained method's post-hoc SHAP beside its own map, every cell titled with
+    that model's predicted class), and the mean MoRF and LeRF curves with their spread over seeds."""
     idx, x = morf_subset(ds, params)
     seed, n = params.seeds[0], min(params.evaluate.figure_images, len(idx))
-    maps = {methods.get(m).label: np.load(layout.result_maps(m, seed))["maps"][:n].astype(np.float32) for m in rows}
+    maps, cell_titles = {}, {}
+    for m in rows:
+        saved, label = np.load(layout.result_maps(m, seed)), methods.get(m).label
+        pred = [f"pred: {ds.classes[k]}" for k in saved["pred"][:n]]
+        if m in params.methods and not methods.get(m).post_hoc:  # the same model, explained post hoc
+            maps[f"{label}: SHAP post hoc"], cell_titles[f"{label}: SHAP post hoc"] = saved["shap"][:n], pred
+        maps[label], cell_titles[label] = saved["maps"][:n], pred
+    maps = {k: v.astype(np.float32) for k, v in maps.items()}
     titles = [f"true: {ds.classes[ds.test.y[i]]}" for i in idx[:n]]
-    explanation_grid(x[:n].numpy(), maps, titles, layout.FIGURES["explanations"])
-    means = mean_curves(records, rows)
-    curves, aopcs = {k: c for k, (c, _) in means.items()}, {k: a for k, (_, a) in means.items()}
-    spread = {methods.get(m).label: np.std([r["morf_curve"] for r in records if r["method"] == m], 0) for m in rows
-              if sum(r["method"] == m for r in records) > 1}  # fmt: skip
-    morf_plot(np.asarray(records[0]["morf_fractions"]), curves, aopcs, layout.FIGURES["morf"], spread)
+    explanation_grid(x[:n].numpy(), maps, titles, layout.FIGURES["explanations"], cell_titles)
+    panels = {}
+    for order, title in (("morf", "MoRF"), ("lerf", "LeRF")):
+        means = mean_curves(records, rows, order)
+        curve = "morf_curve" if order == "morf" else "lerf_curve"
+        spread = {methods.get(m).label: np.std([r["faithfulness"]["own"][curve] for r in records if r["method"] == m], 0)
+                  for m in rows if sum(r["method"] == m for r in records) > 1}  # fmt: skip
+        panels[title] = ({k: c for k, (c, _) in means.items()}, {k: a for k, (_, a) in means.items()}, spread)
+    removal_plot(np.asarray(records[0]["morf_fractions"]), panels, layout.FIGURES["morf"])

@@ -26,7 +26,7 @@ def main():
         record["training"] = methods.training_of(layout.model(name, seed))  # best_epoch, epochs_run
         latency = record.pop("latency", [])  # timings go to MLflow only: results/ stays reproducible
         save_json(layout.result(name, seed), record)
-        save_npz(layout.result_maps(name, seed), maps=figure_maps)
+        save_npz(layout.result_maps(name, seed), **figure_maps)
         stage = dvc_stage(f"evaluate@{name}")
         with tracking.stage_run(stage, params, method=name, seed=seed, run_name=f"{stage}-seed{seed}"):
             tracking.log_params_section(params, "model", "evaluate")

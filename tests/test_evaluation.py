@@ -35,8 +35,11 @@ def test_every_model_is_judged_with_its_own_map_shap_of_itself_and_random_maps(t
     for name in ("baseline", "impactx"):
         stage1 = Stage1(INFO, params.model, path, np.zeros((12, 3, 16, 16), np.float32), ds.train.y)
         model = methods.build(name, stage1, params).eval()
-        records[name], maps = evaluate_run(model, methods.get(name), 0, ds, params, CPU, teacher, class_maps)
-        assert maps.shape == (params.evaluate.figure_images, 3, 16, 16)
+        records[name], fig = evaluate_run(model, methods.get(name), 0, ds, params, CPU, teacher, class_maps)
+        n = params.evaluate.figure_images
+        assert fig["maps"].shape == fig["shap"].shape == (n, 3, 16, 16) and fig["pred"].shape == (n,)
+        if name == "baseline":  # its own map is post-hoc SHAP of A
+            assert np.array_equal(fig["maps"], fig["shap"])
     for r in records.values():
         assert r["removal"] == removal and set(r["faithfulness"]) == {"own", "shap", "random"}
         for scores in r["faithfulness"].values():
