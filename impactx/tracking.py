@@ -216,7 +216,8 @@ def stage_run(
     stage: str, params: Params, method: str | None = None, seed: int | None = None, run_name: str | None = None
 ):
     """A child run of this configuration's parent run, tagged with the DVC stage, git revision, dataset,
-    backbone and, where the stage has them, method and seed (the UI's compare view groups by these)."""
+    backbone and, where the stage has them, method and seed (the UI's compare view groups by these). It
+    logs the machine's system metrics while it runs (MLflow's System metrics tab)."""
     experiment_id = setup(params)
     tags = {"dataset": params.data.source, "backbone": params.model.backbone, "git_revision": git_revision()}
     parent = _parent_run_id(params, experiment_id, tags)
@@ -229,7 +230,10 @@ def stage_run(
         tags["seed"] = str(seed)
     tags.update({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), THREADS_TAG: str(torch.get_num_threads())})
     end_orphans(experiment_id)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, tags=tags) as run:
+    # system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py installed) every 10 s, as system/*
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name or stage, tags=tags, log_system_metrics=True
+    ) as run:
         previous = signal.signal(signal.SIGTERM, _killed) if _main_thread() else None
         try:
             with _watchdog(run.info.run_id):

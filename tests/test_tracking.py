@@ -129,6 +129,15 @@ def test_stage_runs_share_one_parent_per_configuration(local_mlflow):
     assert mlflow.get_run(a.info.run_id).data.tags["dvc_stage"] == "baseline"
 
 
+def test_a_stage_run_logs_the_machines_system_metrics(local_mlflow, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    with tracking.stage_run("baseline", local_mlflow) as run:
+        time.sleep(1.5)
+    metrics = mlflow.get_run(run.info.run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
+
+
 def test_a_queued_experiments_workspace_logs_into_the_projects_store(tmp_path):
     project = tmp_path / "project"
     workspace = project / ".dvc" / "tmp" / "exps" / "tmpab12cd"
