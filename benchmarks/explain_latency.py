@@ -4,14 +4,19 @@ this run, as a ratio. The evaluate stage logs the same ratio (explain_speedup_1,
 
 With --checkpoint (a pipeline checkpoint, e.g. models/impactx/seed0.pt, and data/prepared/info.json)
 the trained model; otherwise IMPACTX on LeNet-5 with seeded random weights on 3×32×32 images (the
-forward pass costs the same). max_evals, batch size, masker and pool default to params.yaml's
-attribution.shap_partition section when run in a project. Prints one JSON line. Example:
+forward pass costs the same). --heads also times explain() of IMPACTX with each explanation head
+(impactx.decoder / decoder_prior: latent, the paper's D(z); spatial; prior; spatial_prior) against the same
+SHAP timings: the classifier's forward pass, what SHAP calls, is the same whatever the head. max_evals, batch
+size, masker and pool default to params.yaml's attribution.shap_partition section when run in a project.
+Prints one JSON line. Example:
 
-    python benchmarks/explain_latency.py --max-evals 2000
+    python benchmarks/explain_latency.py --max-evals 2000 --heads latent spatial prior
 """
 
 import argparse
 import json
+import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,13 +26,24 @@ import torch
 from impactx import layout, methods
 from impactx.data import DatasetInfo, load_info
 from impactx.evaluation import LATENCY_IMAGES, explain_latency, timed_post_hoc_shap
+from impactx.io import save_json
 from impactx.methods import Stage1
 from impactx.params import load_params, parse_params
+from impactx.study import head_commit, machine
 from impactx.train import resolve_device
 
+HEADS = {  # impactx settings of each explanation head (docs: configuration, impactx.decoder)
+    "latent": {"decoder": "latent", "decoder_prior": "none"},
+    "spatial": {"decoder": "spatial", "decoder_prior": "none"},
+    "prior": {"decoder": "latent", "decoder_prior": "class"},
+    "spatial_prior": {"decoder": "spatial", "decoder_prior": "class"},
+}
 
-def random_impactx(info: DatasetInfo, params):
+
+def random_impactx(info: DatasetInfo, params, head: dict | None = None):
     torch.manual_seed(0)
+    if head:
+        params = params.model_copy(update={"impactx": params.impactx.model_copy(update=head)})
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "baseline.pt"
         methods.save(base, "baseline", params.baseline, methods.build("baseline", Stage1(info, params.model), params))
@@ -42,8 +58,11 @@ def main():
         help="SHAP evaluations per image (default: params.yaml attribution.shap_partition.max_evals)",
     )
     ap.add_argument("--checkpoint", type=Path, help="a method's checkpoint (needs data/prepared/info.json)")
+    ap.add_argument("--heads", nargs="+", choices=list(HEADS), default=[], help="also time these heads' explain()")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, help="also write the line as a results JSON (studies/results/...)")
     args = ap.parse_args()
+    host = {**machine(), "load_average_1min_before": os.getloadavg()[0]}
     torch.set_flush_denormal(True)
     params = load_params() if Path("params.yaml").exists() else parse_params({})
     max_evals = args.max_evals or params.attribution.shap_partition.max_evals
@@ -63,12 +82,21 @@ def main():
     timed_post_hoc_shap(model, x[:2], pred[:2], 0, params, device)  # warm-up (numba, caches)
     _, shap_seconds = timed_post_hoc_shap(model, x, pred, 0, params, device)
     rows = explain_latency(model, x, shap_seconds, device)
-    print(json.dumps({
+    heads = {h: explain_latency(random_impactx(info, params, HEADS[h]).to(device), x, shap_seconds, device)
+             for h in args.heads}  # fmt: skip
+    line = {
         "model": str(args.checkpoint or "impactx on lenet5, random weights"), "device": str(device),
         "image_shape": list(info.image_shape), "max_evals": max_evals, "masker": params.attribution.shap_partition.masker,
         "threads": torch.get_num_threads(),
         **{f"images_{r['images']}": {k: round(v, 6) for k, v in r.items() if k != "images"} for r in rows},
-    }))  # fmt: skip
+        **{f"head_{h}_images_{r['images']}": {k: round(v, 6) for k, v in r.items() if k != "images"}
+           for h, hr in heads.items() for r in hr},
+    }  # fmt: skip
+    print(json.dumps(line))
+    if args.out:
+        prov = {"command": "python benchmarks/explain_latency.py " + " ".join(sys.argv[1:]), "commit": head_commit(),
+                "commit_is": "the code that ran", "machine": host}  # fmt: skip
+        save_json(args.out, {"provenance": prov, **line})
 
 
 if __name__ == "__main__":

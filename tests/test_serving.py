@@ -67,6 +67,24 @@ def test_one_row_per_image_with_class_name_probabilities_and_map(checkpoints, tm
     assert serving.predict_table(base, base_method, info, x / 255)["map"].isna().all()  # post hoc: no own map
 
 
+@pytest.mark.parametrize("head", [{"decoder": "spatial"}, {"decoder_prior": "class"}])
+def test_a_served_explanation_head_returns_its_own_map(checkpoints, tmp_path, head):
+    params, ckpts = checkpoints
+    params = params.model_copy(update={"impactx": params.impactx.model_copy(update=head)})
+    path = tmp_path / "head.pt"
+    model = methods.build("impactx", Stage1(INFO, params.model, ckpts["baseline"]), params)
+    if model.templates is not None:  # a trained prior: not the zeros it starts from
+        torch.nn.init.normal_(model.templates)
+    methods.save(path, "impactx", methods.get("impactx").settings(params), model)
+    method, net, info = serving.load_artifacts(serving.write_artifacts(tmp_path, INFO, params.model, path))
+    assert net.spatial == ("decoder" in head) and (net.templates is not None) == ("decoder_prior" in head)
+    x = images()
+    with torch.no_grad():
+        _, maps = model.eval().explain(torch.from_numpy(x / 255).float())
+    table = serving.predict_table(net, method, info, x / 255)
+    np.testing.assert_allclose(np.array(table["map"].tolist()), maps.numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "x,params,message",
     [
