@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -179,20 +180,20 @@ def closure(names) -> set[str]:
     return seen
 
 
-def post(url: str, body: dict):
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+def post(url: str, body: dict | bytes, timeout: float = 30):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
 
 
-def test_mlflow_models_serve_answers_a_real_image_with_class_and_map(registered, tmp_path):
+@pytest.fixture
+def served(registered):
+    """`mlflow models serve` of the registered IMPACTX on 127.0.0.1: its /invocations URL."""
     params, _, root = registered
-    png = tmp_path / "cat.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(png)
-    pixels = np.asarray(Image.open(png).convert("RGB")).transpose(2, 0, 1)[None]  # 1×3×32×32, 0-255
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)  # mlflow starts uvicorn from PATH, as in an activated venv
     env = {
@@ -213,17 +214,50 @@ def test_mlflow_models_serve_answers_a_real_image_with_class_and_map(registered,
                 if server.poll() is not None or time.time() > deadline:
                     pytest.fail(f"mlflow models serve did not start:\n{server.stdout.read().decode()[-3000:]}")
                 time.sleep(0.5)
-        url = f"http://127.0.0.1:{port}/invocations"
-        status, body = post(url, {"inputs": pixels.tolist(), "params": {"pixels": "uint8"}})
-        assert status == 200, body
-        (row,) = body["predictions"]
-        assert row["class_name"] in INFO.classes and INFO.classes[row["class_index"]] == row["class_name"]
-        assert abs(sum(row["probabilities"]) - 1) < 1e-5 and np.array(row["map"]).shape == (3, 32, 32)
-        status, body = post(url, {"inputs": pixels.tolist()})  # 0-255 sent as if in [0, 1]
-        assert status == 400 and 'pass params {"pixels": "uint8"}' in body["message"]
+        yield f"http://127.0.0.1:{port}/invocations"
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_mlflow_models_serve_answers_a_real_image_with_class_and_map(served, tmp_path):
+    png = tmp_path / "cat.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(png)
+    pixels = np.asarray(Image.open(png).convert("RGB")).transpose(2, 0, 1)[None]  # 1×3×32×32, 0-255
+    status, body = post(served, {"inputs": pixels.tolist(), "params": {"pixels": "uint8"}})
+    assert status == 200, body
+    (row,) = body["predictions"]
+    assert row["class_name"] in INFO.classes and INFO.classes[row["class_index"]] == row["class_name"]
+    assert abs(sum(row["probabilities"]) - 1) < 1e-5 and np.array(row["map"]).shape == (3, 32, 32)
+    status, body = post(served, {"inputs": pixels.tolist()})  # 0-255 sent as if in [0, 1]
+    assert status == 400 and 'pass params {"pixels": "uint8"}' in body["message"]
+
+
+def test_the_server_under_load_answers_every_request_and_bad_bodies_with_one_clear_4xx(served):
+    """Two hundred requests of 8 images, 4 at a time, then malformed bodies: every good request gets its
+    8 rows; no bad body gets a 5xx, each gets a 400 whose message names the problem (MLflow puts a repr of
+    the data before it, and echoes an unparsable body whole). Latency under load: benchmarks/serving.py."""
+    batch = images(8, seed=2).tolist()
+    body = {"inputs": batch, "params": {"pixels": "uint8"}}
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: post(served, body), range(200)))
+    assert all(status == 200 and len(b["predictions"]) == 8 for status, b in answers)
+    assert len({json.dumps(b["predictions"][0]["probabilities"]) for _, b in answers}) == 1  # the same answer
+    nan = images(2).tolist()
+    nan[0][0][0][0] = float("nan")
+    bad = {
+        "wrong shape": ({"inputs": images(2)[:, :, :16].tolist()}, "does not match expected shape (-1, 3, 32, 32)"),
+        "NaN": (json.dumps({"inputs": nan}).encode(), "Error: images contain NaN or infinite values"),
+        "0-255 integers as unit": ({"inputs": images(2).astype(int).tolist()}, 'pass params {"pixels": "uint8"}'),
+        "empty": ({"inputs": []}, "Failed to enforce schema of data '[]'"),
+        "garbage": (b"\x00garbage" * 200_000, "Ensure that input is a valid JSON formatted string"),
+        "unknown pixels": ({"inputs": batch, "params": {"pixels": "rgb"}}, "use 'unit'"),
+    }
+    for name, (payload, expected) in bad.items():
+        status, answer = post(served, payload)
+        message = answer.get("message", "")
+        assert 400 <= status < 500, (name, status, message[:300])
+        assert expected in message, (name, message[:300])
 
 
 def write_png(path: Path, w: int, h: int, seed: int = 0) -> Path:

@@ -1,0 +1,136 @@
+"""The served model under load: `mlflow models serve` of a registered IMPACTX (LeNet-5, seeded random weights,
+3×32×32 images, 10 classes) on 127.0.0.1, sent --requests requests of --images images each, --concurrency at a
+time. Prints p50/p95/max latency and images/s, against the same batch predicted in-process by the loaded pyfunc
+(the baseline, measured in this run): the ratio is what HTTP, JSON and the server add. Example:
+
+    python benchmarks/serving.py --requests 300 --concurrency 4 --images 8 --out studies/results/benchmark_serving.json
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+
+from impactx import methods, tracking
+from impactx.data import DatasetInfo
+from impactx.io import save_json
+from impactx.methods import Stage1
+from impactx.params import parse_params
+from impactx.study import head_commit, machine
+
+NAME = "bench-lenet5-impactx"
+
+
+def register(root: Path, params, info: DatasetInfo) -> None:
+    """A seeded random IMPACTX, logged and registered as version 1 of NAME in root's store."""
+    torch.manual_seed(0)
+    base, imp = root / "baseline.pt", root / "impactx.pt"
+    methods.save(base, "baseline", params.baseline, methods.build("baseline", Stage1(info, params.model), params))
+    model = methods.build("impactx", Stage1(info, params.model, base), params)
+    methods.save(imp, "impactx", methods.get("impactx").settings(params), model)
+    tracking.setup(params)
+    example = np.random.default_rng(0).random((2, *info.image_shape), dtype=np.float32)
+    with tracking.stage_run("evaluate", params):
+        tracking.log_model(imp, info, params.model, example, NAME)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, data: bytes) -> float:
+    """Seconds for one request that must answer 200."""
+    t0 = time.perf_counter()
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        r.read()
+        if r.status != 200:
+            raise SystemExit(f"the server answered {r.status}")
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--images", type=int, default=8, help="images per request")
+    ap.add_argument("--out", type=Path, help="also write the line as a results JSON (studies/results/...)")
+    args = ap.parse_args()
+    host = {**machine(), "load_average_1min_before": os.getloadavg()[0]}
+    info = DatasetInfo("random", [str(i) for i in range(10)], (3, 32, 32), [0.5] * 3, [0.25] * 3, {})
+    batch = np.random.default_rng(1).integers(0, 256, (args.images, *info.image_shape)).astype(np.float32)
+    body = json.dumps({"inputs": batch.tolist(), "params": {"pixels": "uint8"}}).encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        uri = f"sqlite:///{root}/mlflow.db"
+        params = parse_params({"mlflow": {"tracking_uri": uri}, "impactx": {}})
+        cwd = Path.cwd()
+        os.chdir(root)  # the store's artifacts land in the temporary folder
+        try:
+            register(root, params, info)
+            loaded = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+            loaded.predict(batch, params={"pixels": "uint8"})  # warm-up
+            inproc = []
+            for _ in range(50):
+                t0 = time.perf_counter()
+                loaded.predict(batch, params={"pixels": "uint8"})
+                inproc.append(time.perf_counter() - t0)
+            port = free_port()
+            env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+                   "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}  # fmt: skip
+            cmd = ["mlflow", "models", "serve", "-m", f"models:/{NAME}/1", "--env-manager", "local",
+                   "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+            server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.time() + 120
+                while True:
+                    try:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                            break
+                    except OSError:
+                        if server.poll() is not None or time.time() > deadline:
+                            raise SystemExit("mlflow models serve did not start (run it by hand to see why)") from None
+                        time.sleep(0.5)
+                url = f"http://127.0.0.1:{port}/invocations"
+                for _ in range(5):
+                    post(url, body)  # warm-up
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(args.concurrency) as pool:
+                    lat = list(pool.map(lambda _: post(url, body), range(args.requests)))
+                wall = time.perf_counter() - t0
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+        finally:
+            os.chdir(cwd)
+    p50, p95 = (float(np.percentile(lat, q)) for q in (50, 95))
+    base = float(np.median(inproc))
+    line = {
+        "requests": args.requests, "concurrency": args.concurrency, "images_per_request": args.images,
+        "p50_s": round(p50, 4), "p95_s": round(p95, 4), "max_s": round(max(lat), 4),
+        "images_per_s": round(args.requests * args.images / wall, 1),
+        "in_process_predict_p50_s": round(base, 4), "p50_vs_in_process": round(p50 / base, 2),
+        "threads": torch.get_num_threads(),
+    }  # fmt: skip
+    print(json.dumps(line))
+    if args.out:
+        prov = {"command": "python benchmarks/serving.py " + " ".join(sys.argv[1:]), "commit": head_commit(),
+                "commit_is": "the code that ran", "machine": host}  # fmt: skip
+        save_json(args.out, {"provenance": prov, **line})
+
+
+if __name__ == "__main__":
+    main()
