@@ -1,5 +1,6 @@
-"""Faults a future change must not bring back: kill -9 of each long stage, then a re-run, leaves no
-partial output, gives byte-identical results and no RUNNING MLflow run. (The other faults have their
+"""Faults a future change must not bring back: kill -9 of each long stage, and of a fanned-out flow with its
+worker slots, then a re-run, leaves no partial output (in the checkout or the shared DVC cache), gives
+byte-identical results and no RUNNING MLflow run. (The other faults have their
 tests beside the code: a malicious champion and writers racing on a new store in test_tracking.py, a
 queued experiment's runs in test_pipeline.py, a flow run leaving params.yaml as it was in test_flows.py.)"""
 
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import md5, run, tiny_project
 
 # slow enough to be killed mid-way: six SHAP shards of 16 images at 1000 evaluations, 40 epochs of IMPACTX
@@ -89,3 +91,50 @@ def test_kill_9_then_rerun_gives_the_same_bytes_and_no_running_run(project, stag
     assert md5(root / output) == first[output]
     assert running_runs(root) == []
     assert "changed" not in run(["dvc", "status", "train@impactx-0"], root).stdout  # downstream unchanged
+
+
+def cache_is_sound(root: Path) -> list[str]:
+    """Files of the DVC cache whose content does not hash to their name (a partial write)."""
+    bad = []
+    for f in (root / ".dvc/cache/files/md5").rglob("*"):
+        if f.is_file() and not f.name.endswith(".dir") and f.parent.name + f.name != md5(f):
+            bad.append(str(f))
+    return bad
+
+
+@pytest.mark.e2e
+def test_kill_9_of_a_fanned_out_flow_then_a_rerun_gives_a_sequential_repros_bytes(tmp_path, prefect_server):
+    """A worker machine dies: the flow and its two slots' stages are SIGKILLed while a slot computes SHAP
+    shards. Nothing partial is in the checkout or the shared cache, no MLflow run stays RUNNING, and a
+    re-run of the flow ends with the outputs and dvc.lock of a sequential `dvc repro`."""
+    from prefect.settings import PREFECT_API_URL
+
+    kw = {k: v for k, v in SLOW.items() if k != "impactx"} | {"impactx": {"epochs": 2}}
+    sequential, fanned = tiny_project(tmp_path / "seq", **kw), tiny_project(tmp_path / "par", **kw)
+    run(["dvc", "repro"], sequential)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PREFECT_API_URL": str(PREFECT_API_URL.value())}  # fmt: skip
+    log = tmp_path / "flow.log"
+    with open(log, "w") as f:
+        p = subprocess.Popen([sys.executable, "flows/pipeline.py", "--workers", "2"], cwd=fanned, env=env,
+                             stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    while len(list(tmp_path.glob(".par-slot*/.attribution_work/*/shard_*.npy"))) < 2:
+        assert p.poll() is None, f"the flow ended before it could be killed:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)  # the flow, its slots' dvc and their stages: one process group
+    p.wait(30)
+    assert not (fanned / "attribution/seed0/maps.npy").exists() and not no_temp_files(fanned)
+    assert cache_is_sound(fanned) == []
+    deadline = time.time() + 30  # the killed stage could not end its run: its watchdog does
+    while running_runs(fanned) and time.time() < deadline:
+        time.sleep(0.2)
+    assert running_runs(fanned) == []
+    again = run([sys.executable, "flows/pipeline.py", "--workers", "2"], fanned, check=False)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    lock = lambda root: yaml.safe_load((root / "dvc.lock").read_text())["stages"]  # noqa: E731
+    assert lock(fanned) == lock(sequential)
+    for out in ("attribution/seed0/maps.npy", "models/impactx/seed0.pt", "metrics/comparison.json"):
+        assert md5(fanned / out) == md5(sequential / out), out
+    assert running_runs(fanned) == [] and not list(tmp_path.glob(".par-slot*")) and cache_is_sound(fanned) == []
