@@ -16,6 +16,18 @@ oracle), of the predicted class, and a random map. Variants change one thing eac
     layernorm      D(LayerNorm(z)), the package's default; otherwise the paper's settings
     layernorm_standardize, layernorm_evals2000   the same with standardized or 2000-evaluation targets
 
+and the explanation heads of issue 25, each one change to the package's default (layernorm):
+
+    spatial        D(z, s, x): z with the LEP's stem features and the image (decoder: spatial)
+    spatial_m      the same with frozen M's stem features (decoder_skip: m)
+    prior          D(z) plus a learned map per class mixed by A's probabilities (decoder_prior: class)
+    spatial_prior  both
+
+Each variant is also scored on held-out *validation* images (SHAP of A for the true class of a seeded
+subset of the validation split, as many as the test images): the choice between variants is made there,
+never on the test images. --pipeline-maps trains on the pipeline's own attribution maps of the seed
+(attribution/seed<seed>/maps.npy, the stage-2 targets) instead of computing SHAP of the subset.
+
 Run from the project root of a pipeline on CIFAR-10 (its recipes: studies/recipes/decoder_*.yaml; results:
 docs/results/decoder_study_seed1.md); SHAP maps are cached in .study_work/ (resumable), results written to --out as JSON:
 
@@ -41,7 +53,7 @@ from impactx.data import Split, to_float  # noqa: E402
 from impactx.evaluation import explain_batched, morf_subset  # noqa: E402
 from impactx.fidelity import agreement  # noqa: E402
 from impactx.io import save_json  # noqa: E402
-from impactx.maps import class_mean_maps, scale_maps  # noqa: E402
+from impactx.maps import class_mean_maps, load_scaled_maps, scale_maps  # noqa: E402
 from impactx.methods.impactx import ImpactxParams, build_impactx  # noqa: E402
 from impactx.params import load_params  # noqa: E402
 from impactx.shards import compute_maps  # noqa: E402
@@ -58,6 +70,10 @@ VARIANTS = {  # name: (ImpactxParams changes, SHAP evaluations of the targets)
     "layernorm": ({}, 500),
     "layernorm_standardize": ({"target": "standardize"}, 500),
     "layernorm_evals2000": ({}, 2000),
+    "spatial": ({"decoder": "spatial"}, 500),
+    "spatial_m": ({"decoder": "spatial", "decoder_skip": "m"}, 500),
+    "prior": ({"decoder_prior": "class"}, 500),
+    "spatial_prior": ({"decoder": "spatial", "decoder_prior": "class"}, 500),
 }
 
 
@@ -67,6 +83,7 @@ def main():
     ap.add_argument("--train-images", type=int, default=10000, help="seeded subset of the training split")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--pipeline-maps", action="store_true", help="targets: the pipeline's maps of --seed (500 evals)")
     ap.add_argument("--out", default="metrics/decoder_study.json")
     ap.add_argument("--capacity", action="store_true", help="the decoder-alone diagnostics instead (see capacity)")
     args = ap.parse_args()
@@ -88,6 +105,10 @@ def main():
         return Spec("shap_partition", options, params.attribution.batch_size)
 
     def targets(evals: int) -> np.ndarray:  # SHAP of the subset at `evals`, computed on first use (resumable)
+        if evals not in maps and args.pipeline_maps:
+            if evals != params.attribution.shap_partition.max_evals:
+                raise SystemExit(f"--pipeline-maps: the pipeline's maps are at {evals} evaluations; drop the variant")
+            maps[evals] = load_scaled_maps(layout.attribution_maps(args.seed))[sub]
         if evals not in maps:
             t0 = time.time()
             raw, _ = compute_maps(
@@ -109,6 +130,10 @@ def main():
     else:
         shap = params.attribution.shap_partition
         teacher = attribute(a, x_test, y_test, shap_at(shap.max_evals), seed=args.seed, device=device)
+    val_idx = np.sort(np.random.default_rng(args.seed).permutation(len(ds.val.y))[: len(idx)])
+    x_val, y_val = to_float(ds.val.x[val_idx]), ds.val.y[val_idx]
+    teacher_val = attribute(a, x_val, y_val, shap_at(params.attribution.shap_partition.max_evals), seed=args.seed,
+                            device=device)  # fmt: skip
     probe = np.sort(rng.permutation(len(sub))[: len(idx)])  # training images, to see what was fitted
     x_probe = to_float(train.x[probe])
 
@@ -122,6 +147,11 @@ def main():
     class_of = lambda evals: class_mean_maps(targets(evals), train.y, k).numpy()  # noqa: E731
     class_maps = class_of(500)
     a_pred = predict_logits(a, x_test, device).argmax(1).numpy()
+    a_pred_val = predict_logits(a, x_val, device).argmax(1).numpy()
+    results["floors_val"] = {
+        "class_mean": agreement(class_maps[y_val], teacher_val),
+        "class_mean_pred_A": agreement(class_maps[a_pred_val], teacher_val),
+    }
     results["floors"] = {
         "class_mean": agreement(class_maps[y_test], teacher),
         "class_mean_pred_A": agreement(class_maps[a_pred], teacher),
@@ -146,6 +176,7 @@ def main():
                           maps=torch.from_numpy(targets(evals)), desc=f"study {name}")  # fmt: skip
         pred, own = explain_batched(model, x_test, device)
         _, own_probe = explain_batched(model, x_probe, device)
+        _, own_val = explain_batched(model, x_val, device)
         hist = run["history"]
         res = {
             "settings": change,
@@ -153,6 +184,7 @@ def main():
             "seconds": round(time.time() - t0, 1),
             "val_accuracy": run["best_val_accuracy"],
             "map_loss_first_last": [hist[0][f"train_{settings.map_loss}"], hist[-1][f"train_{settings.map_loss}"]],
+            "val": agreement(own_val.numpy(), teacher_val),
             "test": agreement(own.numpy(), teacher),
             "test_class_mean_pred": agreement(class_of(evals)[pred.numpy()], teacher),
             "train": agreement(own_probe.numpy(), maps[evals][probe]),
@@ -224,19 +256,25 @@ def stage1_of(ds, params, seed) -> methods.Stage1:
 
 
 def table(results: dict) -> str:
-    f = results["floors"]
+    f, fv = results["floors"], results.get("floors_val")
     lines = [
         f"Pearson with SHAP of A (true class), seed {results['seed']}, {results['train_images']} training images,"
         f" {results['epochs']} epochs; held-out: {results['test_images']} test images",
         f"floors (held-out): true-class mean {f['class_mean']['pearson']:.3f}, A's predicted-class mean"
         f" {f['class_mean_pred_A']['pearson']:.3f}, random {f['random']['pearson']:.3f}",
-        "| variant | held-out: D(LEP(x)) | held-out: its predicted-class mean | train: D(LEP(x)) | train: true-class mean | map loss first → last | val acc |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    if fv:
+        lines.append(f"floors (validation): true-class mean {fv['class_mean']['pearson']:.3f}, A's predicted-class"
+                     f" mean {fv['class_mean_pred_A']['pearson']:.3f}")  # fmt: skip
+    lines += [
+        "| variant | validation: D(LEP(x)) | held-out: D(LEP(x)) | held-out: its predicted-class mean | train: D(LEP(x)) | train: true-class mean | map loss first → last | val acc |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in results["variants"].items():
         lo, hi = r["map_loss_first_last"]
+        val = f"{r['val']['pearson']:.3f}" if "val" in r else "-"
         lines.append(
-            f"| {name} | {r['test']['pearson']:.3f} | {r['test_class_mean_pred']['pearson']:.3f} | "
+            f"| {name} | {val} | {r['test']['pearson']:.3f} | {r['test_class_mean_pred']['pearson']:.3f} | "
             f"{r['train']['pearson']:.3f} | {r['train_class_mean']['pearson']:.3f} | {lo:.4f} → {hi:.4f} | {r['val_accuracy']:.4f} |"
         )
     return "\n".join(lines)

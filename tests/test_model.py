@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from impactx.backbones import build_backbone
-from impactx.methods.impactx import Decoder, ImpactX, _decoder_plan, impactx_loss
+from impactx.methods.impactx import Decoder, ImpactX, _decoder_plan, impactx_loss, standardize
 from impactx.model import Classifier
 
 
@@ -114,3 +115,18 @@ def test_class_prior_adds_a_learned_map_per_class_mixed_by_a(decoder):
     _, _, m = impactx_loss(logits, y, r_hat, torch.rand_like(x), 1.0)
     m.backward()  # the map loss trains the templates, never M
     assert model.templates.grad.abs().sum() > 0 and all(q.grad is None for q in model.m.parameters())
+
+
+@pytest.mark.parametrize("target", ["max_abs", "standardize"])
+def test_a_fresh_class_prior_starts_at_the_class_means_of_its_targets(target):
+    base = Classifier(build_backbone("lenet5", 3, 4, 32), [0.5] * 3, [0.25] * 3)
+    model = ImpactX(base, 4, (3, 32, 32), latent_dim=16, target=target, decoder_prior="class")
+    maps, labels = torch.randn(12, 3, 32, 32), np.arange(12) % 4
+    assert model.training_maps(maps, labels, seed=0) is maps
+    t = standardize(maps) if target == "standardize" else maps
+    expected = torch.stack([t[labels == k].mean(0) for k in range(4)])
+    assert torch.allclose(model.templates, expected, atol=1e-5)
+    with torch.no_grad():
+        model.templates.mul_(2)  # a trained (or loaded) prior is left as it is
+    model.training_maps(maps, labels, seed=0)
+    assert torch.allclose(model.templates, 2 * expected, atol=1e-5)

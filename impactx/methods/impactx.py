@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
@@ -18,7 +19,7 @@ from torch import nn
 from impactx import attribution
 from impactx.backbones import Backbone, feature_shape, with_new_head
 from impactx.config import TrainParams
-from impactx.maps import paired_with_others, scale_maps
+from impactx.maps import class_mean_maps, paired_with_others, scale_maps
 from impactx.methods import Stage1, register
 from impactx.model import Classifier
 
@@ -242,10 +243,18 @@ class ImpactX(nn.Module):
 
     def training_maps(self, maps: torch.Tensor, labels, seed: int) -> torch.Tensor:
         """The targets train_model pairs with the training images: their own maps, or (the shuffled
-        controls) another image's, a seeded permutation within each class or across classes."""
-        if self.map_pairing == "own":
-            return maps
-        return paired_with_others(maps, labels, self.map_pairing == "within_class", seed)
+        controls) another image's, a seeded permutation within each class or across classes. A class prior
+        not trained yet starts at the class means of these targets (WAE's maps)."""
+        paired = (
+            maps
+            if self.map_pairing == "own"
+            else paired_with_others(maps, labels, self.map_pairing == "within_class", seed)
+        )
+        if self.templates is not None and not self.templates.any():  # a fresh class prior starts at the class means
+            targets = standardize(paired.float()) if self.target == "standardize" else paired.float()
+            with torch.no_grad():
+                self.templates.copy_(class_mean_maps(targets.numpy(), np.asarray(labels), len(self.templates)))
+        return paired
 
     def refresh_maps(self, epoch: int, x: torch.Tensor, y, device) -> torch.Tensor | None:
         """Single-stage training: at the start of epochs 1 + k·every (k ≥ 1), the scaled maps R(A, x, y) of
