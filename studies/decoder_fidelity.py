@@ -3,8 +3,9 @@
 On one seed's stage 1 of a pipeline that has run (its data/prepared and models/baseline/seed<seed>.pt),
 this trains IMPACTX variants on a seeded subset of the training images and scores each decoder map
 against SHAP of A for the true class, on the held-out MoRF images (and on training images, to separate
-fitting from generalising), next to three floors: the class-mean training map of the true class (an
-oracle), of the predicted class, and a random map. Variants change one thing each:
+fitting from generalising), next to four floors: the class-mean training map of the true class (an
+oracle), of the predicted class, WAE's map (the class means weighted by A's probabilities) and a random
+map. Variants change one thing each:
 
     paper          D(z) as the paper draws it (decoder_input: raw), max_abs targets (r / max|r|, tanh
                    decoder), λ = 1, decoder width 64, MSE
@@ -49,9 +50,10 @@ sys.path.insert(0, str(Path.cwd()))  # the project's impactx, like the stages
 
 from impactx import data, layout, methods  # noqa: E402
 from impactx.attribution import Spec, attribute  # noqa: E402
+from impactx.compare import paired  # noqa: E402
 from impactx.data import Split, to_float  # noqa: E402
 from impactx.evaluation import explain_batched, morf_subset  # noqa: E402
-from impactx.fidelity import agreement  # noqa: E402
+from impactx.fidelity import agreement, per_map_pearson  # noqa: E402
 from impactx.io import save_json  # noqa: E402
 from impactx.maps import class_mean_maps, load_scaled_maps, scale_maps  # noqa: E402
 from impactx.methods.impactx import ImpactxParams, build_impactx  # noqa: E402
@@ -146,15 +148,18 @@ def main():
     }
     class_of = lambda evals: class_mean_maps(targets(evals), train.y, k).numpy()  # noqa: E731
     class_maps = class_of(500)
-    a_pred = predict_logits(a, x_test, device).argmax(1).numpy()
-    a_pred_val = predict_logits(a, x_val, device).argmax(1).numpy()
+    p_test, p_val = (predict_logits(a, x, device).softmax(1).numpy() for x in (x_test, x_val))
+    a_pred, a_pred_val = p_test.argmax(1), p_val.argmax(1)
+    weighted = lambda p: np.einsum("nk,kchw->nchw", p, class_maps)  # noqa: E731  WAE's e(x): Σ_k p_k·S_k
     results["floors_val"] = {
         "class_mean": agreement(class_maps[y_val], teacher_val),
         "class_mean_pred_A": agreement(class_maps[a_pred_val], teacher_val),
+        "class_mean_weighted_A": agreement(weighted(p_val), teacher_val),
     }
     results["floors"] = {
         "class_mean": agreement(class_maps[y_test], teacher),
         "class_mean_pred_A": agreement(class_maps[a_pred], teacher),
+        "class_mean_weighted_A": agreement(weighted(p_test), teacher),
         "global_mean": agreement(np.repeat(targets(500).mean(0, keepdims=True), len(idx), 0), teacher),
         "random": agreement(np.random.default_rng(0).random(teacher.shape), teacher),
     }
@@ -189,6 +194,12 @@ def main():
             "test_class_mean_pred": agreement(class_of(evals)[pred.numpy()], teacher),
             "train": agreement(own_probe.numpy(), maps[evals][probe]),
             "train_class_mean": agreement(class_of(evals)[train.y[probe]], maps[evals][probe]),
+            # paired over the held-out images (one seed: an interval over images, not over seeds)
+            "test_minus_floors_per_image": {
+                "class_mean_pred": by_image(own.numpy(), class_of(evals)[pred.numpy()], teacher),
+                "class_mean_weighted_A": by_image(own.numpy(), weighted(p_test), teacher),
+                "class_mean": by_image(own.numpy(), class_maps[y_test], teacher),
+            },
         }
         results["variants"][name] = res
         print(f"study {name}: " + json.dumps(res), flush=True)
@@ -250,6 +261,12 @@ def capacity(a, ds, params, train: Split, maps: np.ndarray, probe, x_test, teach
     return out
 
 
+def by_image(maps: np.ndarray, floor: np.ndarray, teacher: np.ndarray) -> dict:
+    """Per-image Pearson with the teacher of `maps` minus that of `floor`: mean and 95% t half-width."""
+    a, b = per_map_pearson(maps, teacher), per_map_pearson(floor, teacher)
+    return paired(dict(enumerate(a)), dict(enumerate(b)))
+
+
 def stage1_of(ds, params, seed) -> methods.Stage1:
     """Stage 1 of `seed` for build_impactx: each variant gets its own fresh copy of A (IMPACTX freezes and wraps it)."""
     return methods.Stage1(ds.info, params.model, layout.model("baseline", seed))
@@ -261,7 +278,9 @@ def table(results: dict) -> str:
         f"Pearson with SHAP of A (true class), seed {results['seed']}, {results['train_images']} training images,"
         f" {results['epochs']} epochs; held-out: {results['test_images']} test images",
         f"floors (held-out): true-class mean {f['class_mean']['pearson']:.3f}, A's predicted-class mean"
-        f" {f['class_mean_pred_A']['pearson']:.3f}, random {f['random']['pearson']:.3f}",
+        f" {f['class_mean_pred_A']['pearson']:.3f}"
+        + (f", WAE's weighted mean {f['class_mean_weighted_A']['pearson']:.3f}" if "class_mean_weighted_A" in f else "")
+        + f", random {f['random']['pearson']:.3f}",
     ]
     if fv:
         lines.append(f"floors (validation): true-class mean {fv['class_mean']['pearson']:.3f}, A's predicted-class"
