@@ -14,9 +14,7 @@ Prints one JSON line. Example:
 """
 
 import argparse
-import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,10 +24,9 @@ import torch
 from impactx import layout, methods
 from impactx.data import DatasetInfo, load_info
 from impactx.evaluation import LATENCY_IMAGES, explain_latency, timed_post_hoc_shap
-from impactx.io import save_json
 from impactx.methods import Stage1
 from impactx.params import load_params, parse_params
-from impactx.study import head_commit, machine
+from impactx.study import machine, report_benchmark
 from impactx.train import resolve_device
 
 HEADS = {  # impactx settings of each explanation head (docs: configuration, impactx.decoder)
@@ -92,11 +89,7 @@ def main():
         **{f"head_{h}_images_{r['images']}": {k: round(v, 6) for k, v in r.items() if k != "images"}
            for h, hr in heads.items() for r in hr},
     }  # fmt: skip
-    print(json.dumps(line))
-    if args.out:
-        prov = {"command": "python benchmarks/explain_latency.py " + " ".join(sys.argv[1:]), "commit": head_commit(),
-                "commit_is": "the code that ran", "machine": host}  # fmt: skip
-        save_json(args.out, {"provenance": prov, **line})
+    report_benchmark(line, host, args.out)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,11 @@ import mlflow
 import numpy as np
 import torch
 
-from impactx import methods, tracking
+from impactx import methods, serving, tracking
 from impactx.data import DatasetInfo
-from impactx.io import save_json
 from impactx.methods import Stage1
 from impactx.params import parse_params
-from impactx.study import head_commit, machine
+from impactx.study import machine, report_benchmark
 
 NAME = "bench-lenet5-impactx"
 
@@ -95,16 +94,7 @@ def main():
                    "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
             server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             try:
-                deadline = time.time() + 120
-                while True:
-                    try:
-                        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                            break
-                    except OSError:
-                        if server.poll() is not None or time.time() > deadline:
-                            raise SystemExit("mlflow models serve did not start (run it by hand to see why)") from None
-                        time.sleep(0.5)
-                url = f"http://127.0.0.1:{port}/invocations"
+                url = serving.wait_until_serving(port, server)
                 for _ in range(5):
                     post(url, body)  # warm-up
                 t0 = time.perf_counter()
@@ -125,11 +115,7 @@ def main():
         "in_process_predict_p50_s": round(base, 4), "p50_vs_in_process": round(p50 / base, 2),
         "threads": torch.get_num_threads(),
     }  # fmt: skip
-    print(json.dumps(line))
-    if args.out:
-        prov = {"command": "python benchmarks/serving.py " + " ".join(sys.argv[1:]), "commit": head_commit(),
-                "commit_is": "the code that ran", "machine": host}  # fmt: skip
-        save_json(args.out, {"provenance": prov, **line})
+    report_benchmark(line, host, args.out)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ silently rescaled. params {"explain": false} skips the map."""
 from __future__ import annotations
 
 import json
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +117,19 @@ class ExplainingModel(PythonModel):
             return predict_table(self.net, self.method, self.info, model_input, params, self.device)
         except ImpactXError as e:  # the scoring server answers 400 with this message
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+def wait_until_serving(port: int, server: subprocess.Popen, timeout: float = 120) -> str:
+    """The /invocations URL of `mlflow models serve` on 127.0.0.1:`port` once its /ping answers; raises
+    ImpactXError when the server process ends first or is not up after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return f"http://127.0.0.1:{port}/invocations"
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                raise ImpactXError(
+                    f"mlflow models serve did not start on port {port}: run it by hand to see why"
+                ) from None
+            time.sleep(0.5)

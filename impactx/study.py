@@ -111,6 +111,16 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
+def report_benchmark(line: dict, host: dict, out: Path | None) -> None:
+    """A benchmark's result: its JSON line printed, and with `out` written as a results JSON with its
+    provenance (the command as typed, this commit, `host`: machine() and the load before it ran)."""
+    print(json.dumps(line))
+    if out:
+        prov = {"command": shlex.join(["python", *sys.argv]), "commit": head_commit(), "commit_is": "the code that ran",
+                "machine": host}  # fmt: skip
+        save_json(out, {PROVENANCE: prov, **line})
+
+
 def record(name: str, root: Path = Path(".")) -> Path:
     """metrics/comparison.json of the run just made, with its provenance, as the recipe's result."""
     recipe = load(name, root)

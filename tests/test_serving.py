@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -205,16 +204,11 @@ def served(registered):
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     server = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"mlflow models serve did not start:\n{server.stdout.read().decode()[-3000:]}")
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/invocations"
+        try:
+            url = serving.wait_until_serving(port, server)
+        except ImpactXError as e:
+            pytest.fail(f"{e}:\n{server.stdout.read().decode()[-3000:]}")
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
