@@ -203,7 +203,7 @@ def main():
         }
         results["variants"][name] = res
         print(f"study {name}: " + json.dumps(res), flush=True)
-        save_json(Path(args.out), results)
+        save_json(Path(args.out), {**results, "rows": rows(results)})
     print(table(results))
 
 
@@ -258,6 +258,29 @@ def capacity(a, ds, params, train: Split, maps: np.ndarray, probe, x_test, teach
         with torch.no_grad():
             out[key] = agreement(dec(z_ln(None, x_test)).numpy(), teacher)["pearson"]
         print(f"capacity: {key}: {out[key]:.3f}", flush=True)
+    return out
+
+
+FLOORS = {"class_mean": "floor: class mean of the true class (oracle)",
+          "class_mean_pred_A": "floor: class mean of A's predicted class",
+          "class_mean_weighted_A": "floor: WAE's map, class means weighted by A's probabilities"}  # fmt: skip
+
+
+def rows(results: dict) -> list[dict]:
+    """The results page's table: Pearson with SHAP of A (true class) of each floor and variant, on the
+    validation images (where the choice is made) and the held-out test images, and each variant's per-image
+    paired difference with the floors (mean ± 95% half-width over the test images)."""
+    fv, ft = results.get("floors_val", {}), results["floors"]
+    out = [{"map": label, "val Pearson": fv[k]["pearson"] if k in fv else "", "test Pearson": ft[k]["pearson"]}
+           for k, label in FLOORS.items() if k in ft]  # fmt: skip
+    for name, r in results["variants"].items():
+        row = {"map": name, "settings": ", ".join(f"{k}: {v}" for k, v in r["settings"].items()) or "the default: D(LayerNorm(z))",
+               "val Pearson": r["val"]["pearson"] if "val" in r else "", "test Pearson": r["test"]["pearson"]}  # fmt: skip
+        for k, d in r.get("test_minus_floors_per_image", {}).items():
+            floor = FLOORS.get(k, "floor: class mean of the model's own predicted class").removeprefix("floor: ")
+            row[f"test − {floor}"] = f"{d['mean']:+.3f} ± {d['ci95']:.3f}"
+        row |= {"val accuracy": r["val_accuracy"], "seconds": r["seconds"]}
+        out.append(row)
     return out
 
 
