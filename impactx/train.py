@@ -105,11 +105,19 @@ class Step:
             return self.loss(x, y, r)
 
 
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """The trainable parameters, with weight decay except those the model names in no_weight_decay() (timm's
+    convention): a table of maps, such as IMPACTX's class prior, whose map-loss gradient is far smaller than
+    any decay would be."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay, free = [p for n, p in named if n not in skip], [p for n, p in named if n in skip]
+    return [{"params": decay, "weight_decay": weight_decay}] + ([{"params": free, "weight_decay": 0.0}] if free else [])
+
+
 def _fit(model, params, recipe: RecipeParams, train_loader, val_split, device, seed, on_epoch, desc: str, refresh=None,
          engine: TrainingParams | None = None):  # fmt: skip
-    opt = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad], lr=params.lr, weight_decay=params.weight_decay
-    )
+    opt = torch.optim.Adam(param_groups(model, params.weight_decay), lr=params.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, params.epochs) if recipe.schedule == "cosine" else None
     gen = torch.Generator().manual_seed(seed + 1)  # augmentation draws: their own stream, from the seed
     best_acc, best_epoch, best_state, history = -1.0, 0, None, []

@@ -130,3 +130,16 @@ def test_a_fresh_class_prior_starts_at_the_class_means_of_its_targets(target):
         model.templates.mul_(2)  # a trained (or loaded) prior is left as it is
     model.training_maps(maps, labels, seed=0)
     assert torch.allclose(model.templates, 2 * expected, atol=1e-5)
+
+
+def test_the_class_prior_is_not_weight_decayed_and_everything_else_is():
+    from impactx.train import param_groups
+
+    base = Classifier(build_backbone("lenet5", 3, 4, 32), [0.5] * 3, [0.25] * 3)
+    model = ImpactX(base, 4, (3, 32, 32), latent_dim=16, decoder_prior="class")
+    decayed, free = param_groups(model, 5e-4)
+    assert free["weight_decay"] == 0 and len(free["params"]) == 1 and free["params"][0] is model.templates
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert decayed["weight_decay"] == 5e-4 and len(decayed["params"]) == len(trainable) - 1
+    plain = ImpactX(base, 4, (3, 32, 32), latent_dim=16)
+    assert len(param_groups(plain, 5e-4)) == 1  # no prior: one group, as before

@@ -211,6 +211,11 @@ class ImpactX(nn.Module):
         m_dim = in_features if self.penultimate else num_classes
         self.c = nn.Sequential(nn.Linear(m_dim + latent_dim, 256), nn.ReLU(), nn.Linear(256, num_classes))
 
+    def no_weight_decay(self) -> set[str]:
+        """The class prior is not decayed: its map-loss gradient is about 1e-7 an element, so any weight decay
+        (Adam's L2, 5e-4·T) would pull it to zero within a few hundred steps (param_groups in impactx.train)."""
+        return {"templates"} if self.templates is not None else set()
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.refresh is None:
