@@ -59,6 +59,7 @@ from impactx.maps import class_mean_maps, load_scaled_maps, scale_maps  # noqa: 
 from impactx.methods.impactx import ImpactxParams, build_impactx  # noqa: E402
 from impactx.params import load_params  # noqa: E402
 from impactx.shards import compute_maps  # noqa: E402
+from impactx.study import head_commit  # noqa: E402
 from impactx.train import predict_logits, resolve_device, seed_everything, train_model  # noqa: E402
 
 RAW = {"decoder_input": "raw"}  # D(z) as the paper draws it; the default is D(LayerNorm(z))
@@ -87,6 +88,7 @@ def main():
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--pipeline-maps", action="store_true", help="targets: the pipeline's maps of --seed (500 evals)")
     ap.add_argument("--out", default="metrics/decoder_study.json")
+    ap.add_argument("--keep", action="store_true", help="keep --out's other variants (each says its commit)")
     ap.add_argument("--capacity", action="store_true", help="the decoder-alone diagnostics instead (see capacity)")
     args = ap.parse_args()
 
@@ -146,6 +148,9 @@ def main():
         "test_images": len(idx),
         "variants": {},
     }
+    if args.keep and Path(args.out).exists():  # the variants of an earlier run (same seed and subset)
+        earlier = json.loads(Path(args.out).read_text())
+        results["variants"] = {k: v for k, v in earlier.get("variants", {}).items() if k not in args.variants}
     class_of = lambda evals: class_mean_maps(targets(evals), train.y, k).numpy()  # noqa: E731
     class_maps = class_of(500)
     p_test, p_val = (predict_logits(a, x, device).softmax(1).numpy() for x in (x_test, x_val))
@@ -185,6 +190,7 @@ def main():
         hist = run["history"]
         res = {
             "settings": change,
+            "commit": head_commit(),
             "target_evals": evals,
             "seconds": round(time.time() - t0, 1),
             "val_accuracy": run["best_val_accuracy"],

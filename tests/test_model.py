@@ -126,6 +126,11 @@ def test_a_fresh_class_prior_starts_at_the_class_means_of_its_targets(target):
     t = standardize(maps) if target == "standardize" else maps
     expected = torch.stack([t[labels == k].mean(0) for k in range(4)])
     assert torch.allclose(model.templates, expected, atol=1e-5)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():  # D starts at zero: the first map is the prior alone, WAE's Σ_k p_k·S_k
+        _, r_hat = model.explain(x)
+        p = F.softmax(base.backbone(base.normalize(x)), dim=1)
+    assert torch.allclose(r_hat, torch.einsum("nk,kchw->nchw", p, expected), atol=1e-5)
     with torch.no_grad():
         model.templates.mul_(2)  # a trained (or loaded) prior is left as it is
     model.training_maps(maps, labels, seed=0)

@@ -206,8 +206,13 @@ class ImpactX(nn.Module):
             if self.spatial
             else Decoder(latent_dim, c, h, decoder_width, bounded, norm)
         )
-        # K×C×H×W learned class maps, mixed by A's probabilities (decoder_prior: class)
+        # K×C×H×W learned class maps, mixed by A's probabilities (decoder_prior: class). D's last conv starts
+        # at zero, so the map starts as the prior (WAE's map, once training_maps sets it) and D adds to it
         self.templates = nn.Parameter(torch.zeros(num_classes, c, h, w)) if decoder_prior == "class" else None
+        if self.templates is not None:
+            last = [m for m in self.decoder.modules() if isinstance(m, nn.Conv2d)][-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         m_dim = in_features if self.penultimate else num_classes
         self.c = nn.Sequential(nn.Linear(m_dim + latent_dim, 256), nn.ReLU(), nn.Linear(256, num_classes))
 
