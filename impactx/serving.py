@@ -12,6 +12,7 @@ silently rescaled. params {"explain": false} skips the map."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -78,9 +79,13 @@ def predict_table(net, method, info: DatasetInfo, images, params: dict | None = 
 
 
 def write_artifacts(folder: Path, info: DatasetInfo, model: ModelParams, checkpoint: Path) -> dict:
-    """The pyfunc model's artifacts: the checkpoint and what rebuilds it (dataset info, backbone)."""
+    """The pyfunc model's artifacts: the checkpoint and what rebuilds it (dataset info, backbone). A
+    checkpoint that is a symlink (DVC's `cache.type: symlink`, or a linked file) is copied into `folder`
+    first: MLflow refuses an artifact whose real path leaves its folder."""
     meta = folder / "info.json"
     meta.write_text(json.dumps({"info": info.to_json(), "model": model.model_dump()}, indent=2))
+    if Path(checkpoint).is_symlink():
+        checkpoint = shutil.copyfile(checkpoint, folder / Path(checkpoint).name)
     return {CHECKPOINT: str(checkpoint), INFO: str(meta)}
 
 

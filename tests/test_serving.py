@@ -115,6 +115,23 @@ def registered(checkpoints, tmp_path, monkeypatch):
     return params, logged, tmp_path
 
 
+def test_a_symlinked_checkpoint_is_logged_and_loads(checkpoints, tmp_path, monkeypatch):
+    """DVC's `cache.type: symlink` leaves models/<method>/seed<N>.pt a link into .dvc/cache: MLflow refused it
+    ("resolved path is outside the artifact directory") and the evaluate stage failed."""
+    params, ckpts = checkpoints
+    monkeypatch.chdir(tmp_path)
+    linked = tmp_path / "models" / "seed0.pt"
+    linked.parent.mkdir()
+    linked.symlink_to(ckpts["impactx"])
+    uri = f"sqlite:///{tmp_path}/linked.db"
+    params = params.model_copy(update={"mlflow": params.mlflow.model_copy(update={"tracking_uri": uri})})
+    tracking.setup(params)
+    with tracking.stage_run("evaluate", params):
+        logged = tracking.log_model(linked, INFO, params.model, images(2) / 255, "toy-linked")
+    out = mlflow.pyfunc.load_model(logged.model_uri).predict(images(2), params={"pixels": "uint8"})
+    assert len(out) == 2 and linked.is_symlink()
+
+
 def test_logged_model_is_code_and_a_weights_only_checkpoint(registered):
     params, logged, root = registered
     local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))

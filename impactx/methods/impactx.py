@@ -212,7 +212,8 @@ class ImpactX(nn.Module):
         if self.templates is not None:
             last = [m for m in self.decoder.modules() if isinstance(m, nn.Conv2d)][-1]
             nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+            if last.bias is not None:
+                nn.init.zeros_(last.bias)
         m_dim = in_features if self.penultimate else num_classes
         self.c = nn.Sequential(nn.Linear(m_dim + latent_dim, 256), nn.ReLU(), nn.Linear(256, num_classes))
 
