@@ -230,10 +230,12 @@ def markdown(summary: dict, title: str, seeds: list[int], teacher: str = "SHAP o
     return "\n".join(lines) + "\n"
 
 
-def mean_curves(records: list[dict], order: list[str], removal: str = "morf") -> dict[str, tuple[np.ndarray, float]]:
-    """{label: (mean curve, mean AOPC)} per method over its seeds, in `order`, and of random maps over
-    every run: what the plot data and the figures show. removal: morf (most relevant removed first) or
-    lerf (least relevant first)."""
+def mean_curves(
+    records: list[dict], order: list[str], removal: str = "morf"
+) -> dict[str, tuple[np.ndarray, float, np.ndarray | None]]:
+    """{label: (mean curve, mean AOPC, std of the curve over seeds, None with one seed)} per method over
+    its seeds, in `order`, and of random maps over every run (no std): what the plot data and the figures
+    show. removal: morf (most relevant removed first) or lerf (least relevant first)."""
 
     def curve_aopc(r: dict, map_: str) -> tuple[list, float]:
         if removal == "morf":
@@ -241,13 +243,17 @@ def mean_curves(records: list[dict], order: list[str], removal: str = "morf") ->
         f = r["faithfulness"][map_]
         return f["lerf_curve"], f["aopc_lerf"]
 
+    def mean(rs: list[tuple[list, float]], spread: bool) -> tuple[np.ndarray, float, np.ndarray | None]:
+        curves = np.array([c for c, _ in rs])
+        std = curves.std(0) if spread and len(rs) > 1 else None
+        return curves.mean(0), float(np.mean([a for _, a in rs])), std
+
     out = {}
     for name in order:
         rs = [curve_aopc(r, "own") for r in records if r["method"] == name]
         if rs:
-            out[methods.get(name).label] = (np.mean([c for c, _ in rs], 0), float(np.mean([a for _, a in rs])))
-    rs = [curve_aopc(r, "random") for r in records]
-    out[RANDOM] = (np.mean([c for c, _ in rs], 0), float(np.mean([a for _, a in rs])))
+            out[methods.get(name).label] = mean(rs, spread=True)
+    out[RANDOM] = mean([curve_aopc(r, "random") for r in records], spread=False)
     return out
 
 
@@ -257,6 +263,6 @@ def morf_rows(records: list[dict], order: list[str]) -> list[dict]:
     fractions = records[0]["morf_fractions"]
     return [
         {"method": name, "fraction": f, "probability": float(p)}
-        for name, (curve, _) in mean_curves(records, order).items()
+        for name, (curve, _, _) in mean_curves(records, order).items()
         for f, p in zip(fractions, curve, strict=False)
     ]

@@ -53,12 +53,12 @@ def explanation_grid(
     n, cols = len(images), 1 + len(maps)
     cell_titles = cell_titles or {}
     fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.3 * n + 0.8), squeeze=False)
-    scales = {name: _scale(m.astype(np.float32).sum(1)) for name, m in maps.items()}
-    for name, m in maps.items():
-        if scales[name]["cmap"] == "bwr":
-            peak = np.abs(m.astype(np.float32).sum(1)).max(axis=(1, 2))[:, None, None, None]
-            maps = maps | {name: m.astype(np.float32) / np.where(peak > 0, peak, 1)}
-            scales[name] = {"cmap": "bwr", "vmin": -1.0, "vmax": 1.0}
+    maps = {name: m.astype(np.float32) for name, m in maps.items()}
+    for name, m in list(maps.items()):  # a signed map on ±1 of its own max |value|, summed over channels
+        if m.sum(1).min() < 0:
+            peak = np.abs(m.sum(1)).max(axis=(1, 2))[:, None, None, None]
+            maps[name] = m / np.where(peak > 0, peak, 1)
+    scales = {name: _scale(m.sum(1)) for name, m in maps.items()}
     for i in range(n):
         rgb = images[i].transpose(1, 2, 0).squeeze()
         axes[i, 0].imshow(rgb, cmap="gray" if rgb.ndim == 2 else None)
@@ -127,14 +127,11 @@ def comparison_figures(ds, records: list[dict], rows: list[str], params) -> None
         if m in params.methods and not methods.get(m).post_hoc:  # the same model, explained post hoc
             maps[f"{label}: SHAP post hoc"], cell_titles[f"{label}: SHAP post hoc"] = saved["shap"][:n], pred
         maps[label], cell_titles[label] = saved["maps"][:n], pred
-    maps = {k: v.astype(np.float32) for k, v in maps.items()}
     titles = [f"true: {ds.classes[ds.test.y[i]]}" for i in idx[:n]]
     explanation_grid(x[:n].numpy(), maps, titles, layout.FIGURES["explanations"], cell_titles)
     panels = {}
     for order, title in (("morf", "MoRF"), ("lerf", "LeRF")):
         means = mean_curves(records, rows, order)
-        curve = "morf_curve" if order == "morf" else "lerf_curve"
-        spread = {methods.get(m).label: np.std([r["faithfulness"]["own"][curve] for r in records if r["method"] == m], 0)
-                  for m in rows if sum(r["method"] == m for r in records) > 1}  # fmt: skip
-        panels[title] = ({k: c for k, (c, _) in means.items()}, {k: a for k, (_, a) in means.items()}, spread)
+        panels[title] = ({k: c for k, (c, _, _) in means.items()}, {k: a for k, (_, a, _) in means.items()},
+                         {k: sd for k, (_, _, sd) in means.items() if sd is not None})  # fmt: skip
     removal_plot(np.asarray(records[0]["morf_fractions"]), panels, layout.FIGURES["morf"])

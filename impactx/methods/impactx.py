@@ -230,13 +230,13 @@ class ImpactX(nn.Module):
 
     def _forward(self, x):
         """Logits, and what the map is made from: z, the stem features s (for a spatial D), the normalised
-        image and A's logits (for the class prior; None without one)."""
+        image and A's logits (for the class prior)."""
         xn = self.normalize(x)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.refresh is not None):
             s_m = self.m.stem(xn)  # N×F×h×w, M's stem features; frozen in two-stage training
             feats = self.m.trunk(s_m)  # N×F' penultimate features
-            a = self.m.head(feats) if not self.penultimate or self.templates is not None else None  # N×K logits of A
-            m = feats if self.penultimate or a is None else a  # what C reads of M
+            a = self.m.head(feats)  # N×K logits of A
+        m = feats if self.penultimate else a  # what C reads of M
         s_lep = self.lep.stem(xn)
         z = self.lep.head(self.lep.trunk(s_lep))  # N×latent_dim, in (0, 1)
         logits = self.c(torch.cat([m, z], dim=1))
