@@ -51,23 +51,23 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from impactx import ImpactXError, layout
+from impactx import ImpactXError, layout, threadprobe
 from impactx.io import atomic_write, exclusive_lock
 from impactx.schedule import fill, load_times, record_times
 from impactx.schedule import table as scaling_table
+from impactx.threadprobe import THREAD_VARS
 from impactx.tracking import FLOW_RUN_ENV, PROJECT_ENV  # the stages' MLflow runs: the flow-run id, the project
 
 PROGRESS_EVERY = 30.0  # seconds between two logged progress-bar lines
 MAX_SLOTS = 64  # the task runner's threads: the most worker slots one flow run can use
 DONE = ("ran", "skipped")  # a stage's result when its outputs are in the checkout
 DVC = str(Path(sys.executable).parent / "dvc")  # this environment's, whatever PATH the worker has
-# The thread count of a CPU slot's `threads: split` stage (dvc.yaml's meta), for every pool it may start: torch
-# (OpenMP), MKL, and numpy's OpenBLAS (shap's and the masker's arrays). A stage without it keeps the threads a
-# sequential `dvc repro` gives (its bytes depend on them), with OpenMP's idle threads sleeping instead of spinning
-# (SLOT_ENV): two stages side by side with two threads each took 101 s spinning, 43 s sleeping, 38 s with one
-# thread each (attribution, digits, a 2-core machine).
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-SPLIT = ("threads", "split")  # dvc.yaml `meta: {threads: split}`: outputs the same at any thread count
+# A CPU slot gives a `threads: split` stage (dvc.yaml's meta) a share of the threads of every pool it may start
+# (THREAD_VARS: torch's OpenMP, MKL, numpy's OpenBLAS), where this machine's forward passes are thread-invariant
+# (splittable). Any other stage keeps the threads a sequential `dvc repro` gives (its bytes depend on them), with
+# OpenMP's idle threads sleeping instead of spinning (SLOT_ENV): two stages side by side with two threads each took
+# 101 s spinning, 43 s sleeping, 38 s with one thread each (attribution, digits, a 2-core machine).
+SPLIT = ("threads", "split")  # dvc.yaml `meta: {threads: split}`: the stage's code gives the same bytes at any count
 SLOT_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}  # every CPU slot's stages (unless this process's environment sets it)
 
 
@@ -246,8 +246,36 @@ def threads_for(stage: str, split: set[str], busy: int, workers: int) -> dict[st
     OMP_NUM_THREADS, else one per core), all of them when it runs alone; any other stage inherits them."""
     if stage not in split:
         return {}
-    base = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
-    return dict.fromkeys(THREAD_VARS, str(max(1, base // max(1, min(workers, busy)))))
+    return dict.fromkeys(THREAD_VARS, str(max(1, sequential_threads() // max(1, min(workers, busy)))))
+
+
+def sequential_threads() -> int:
+    """The threads a stage of a sequential `dvc repro` gets here: OMP_NUM_THREADS, else one per core."""
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
+
+
+def splittable(root: Path, gpus: list[str] | None) -> set[str]:
+    """The stages a CPU slot may give fewer threads: the `threads: split` ones, if this machine's forward
+    passes give the same bytes at one thread as at the sequential count (impactx.threadprobe, with the
+    checkout's backbone); else none, and the log says why. GPU slots split nothing."""
+    if gpus:
+        return set()
+    backbone = (yaml.safe_load((root / "params.yaml").read_text()) or {}).get("model", {}).get("backbone", "lenet5")
+    try:
+        same = threadprobe.invariant(sequential_threads(), str(backbone), cwd=root)
+    except subprocess.CalledProcessError as e:
+        _log().info(
+            "thread probe failed (%s): every stage keeps %d threads", e.stderr.strip()[-200:], sequential_threads()
+        )
+        return set()
+    if not same:
+        _log().info(
+            "this machine's forward passes differ in their last bits at 1 and %d threads (impactx.threadprobe):"
+            " every stage keeps %d threads, so the outputs are a sequential dvc repro's",
+            sequential_threads(), sequential_threads(),
+        )  # fmt: skip
+        return set()
+    return split_threads(root)
 
 
 def dag(root: Path) -> tuple[dict[str, list[str]], set[str]]:
@@ -366,7 +394,7 @@ def fan_out(
     `timed` gets each finished stage's seconds (and its share of a batch restore); `pull` as dvc_stage's."""
     timed = {} if timed is None else timed
     ups, cacheable = dag(repo)
-    split = split_threads(repo)
+    split = splittable(repo, gpus)
     results: dict[str, str] = {}
     errors: dict[str, BaseException] = {}
     unrestored: dict[str, Any] = {}  # stage -> its dvc.lock entry, for the stages slots ran and the checkout lacks

@@ -28,6 +28,7 @@ tests/test_architecture.py fails on a cycle):
     tracking     MLflow runs, model logging, registry and champion alias
     teacher      the model R explains: A of a seed, or a teacher from the MLflow registry
     fanout       attribution shards on a Dask cluster through Prefect
+    threadprobe  whether this machine's forward passes give the same bytes at any thread count (worker slots)
     experiments  the best DVC experiment by a validation metric
     watchdog     ends a stage's MLflow run as KILLED when its process is SIGKILLed
     stage        the DVC stages' plumbing: arguments, one-line errors and exit codes

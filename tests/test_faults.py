@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,37 @@ def test_kill_9_of_a_fanned_out_flow_then_a_rerun_gives_a_sequential_repros_byte
     for out in ("attribution/seed0/maps.npy", "models/impactx/seed0.pt", "metrics/comparison.json"):
         assert md5(fanned / out) == md5(sequential / out), out
     assert running_runs(fanned) == [] and not list(tmp_path.glob(".par-slot*")) and cache_is_sound(fanned) == []
+
+
+@pytest.mark.e2e
+def test_two_flows_started_at_once_on_one_checkout_run_each_stage_once(tmp_path, prefect_server):
+    """Two flow processes on one checkout (a second deployment's run, a user's run beside the nightly one):
+    one waits on the checkout's lock while the other runs; then its stages are all DVC-cached. Both end
+    with exit 0, each stage has exactly one MLflow run, and the checkout is consistent (`dvc status`
+    clean, no slot worktree, a sound cache)."""
+    from prefect.settings import PREFECT_API_URL
+
+    root = tiny_project(tmp_path / "both", seeds=[0], methods=["impactx"], controls=[])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PREFECT_API_URL": str(PREFECT_API_URL.value())}  # fmt: skip
+    logs = [tmp_path / f"flow{i}.log" for i in (1, 2)]
+    procs = []
+    for log, workers in zip(logs, ("2", "1"), strict=True):
+        with open(log, "w") as f:
+            procs.append(subprocess.Popen([sys.executable, "flows/pipeline.py", "--workers", workers], cwd=root,
+                                          env=env, stdout=f, stderr=subprocess.STDOUT))  # fmt: skip
+    codes = [p.wait(600) for p in procs]
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], "\n\n".join(t[-3000:] for t in texts)
+    waited = [t for t in texts if "another flow run holds" in t]
+    assert len(waited) == 1, "exactly one of the two flows waits for the other"
+    stages = [line for line in waited[0].splitlines() if "stages: {" in line]
+    assert stages and "'ran'" not in stages[-1] and "'skipped'" in stages[-1]  # the waiter computed nothing
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("impactx").experiment_id], max_results=1000)
+    per_stage = Counter(r.data.tags.get("dvc_stage") for r in runs)
+    assert per_stage and set(per_stage.values()) == {1}, per_stage  # no stage ran twice
+    assert "changed" not in run(["dvc", "status"], root).stdout
+    assert not list(tmp_path.glob(".both-slot*")) and cache_is_sound(root) == [] and not no_temp_files(root)
