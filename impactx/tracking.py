@@ -40,7 +40,11 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHECKPOINT_DIR = "checkpoint"  # the evaluate run's artifact folder for the weights-only checkpoint
 HOST_TAG, PID_TAG = "impactx.host", "impactx.pid"  # which process a stage run belongs to (end_orphans)
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # what the MLflow UI shows first
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # the experiment's kind, for MLflow
+# MLflow 3.17's UI opens every experiment on its GenAI pages (traces, token usage) whatever its kind, unless the
+# address asks for the model-training pages (its runs table): every address this project prints does
+UI_PAGES = "workflowType=machine_learning"
+UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 CHECKSUM_TAG = "checkpoint_md5"  # a registry version's weights-only checkpoint: one version per checkpoint
 THREADS_TAG = "impactx.torch_threads"  # torch's CPU threads in the stage: float sums can depend on them
 FLOW_RUN_ENV = "IMPACTX_PREFECT_FLOW_RUN_ID"  # set by flows/pipeline.py for the stages it runs
@@ -148,6 +152,20 @@ ARTIFACT_COLUMNS = (
     ("logged_models", "artifact_location"),
     ("model_versions", "storage_location"),
 )
+
+
+def ui_address(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A run's (or its experiment's) address in the MLflow UI, on its model-training pages: on the tracking
+    server itself, else where `mlflow ui --backend-store-uri <tracking_uri>` serves it."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_DEFAULT
+    return f"{base}/#/experiments/{experiment_id}{f'/runs/{run_id}' if run_id else ''}?{UI_PAGES}"
+
+
+def ui_hint(run) -> str:
+    """How to open `run` in the MLflow UI: the command (a file store) and the address."""
+    uri = mlflow.get_tracking_uri()
+    where = ui_address(uri, run.info.experiment_id, run.info.run_id)
+    return where if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}, then {where}"
 
 
 def setup(params: Params) -> str:

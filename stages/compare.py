@@ -28,7 +28,7 @@ def main():
     save_json(layout.MORF_PLOT, compare.morf_rows(records, rows))
     figures.comparison_figures(data.load(layout.PREPARED), records, rows, params)
 
-    with tracking.stage_run("compare", params):
+    with tracking.stage_run("compare", params) as run:
         # every number of the table as a metric, named as `dvc metrics show` names it: means and stds
         # (impactx.test_accuracy.mean), paired differences with their 95% intervals over seeds
         # (impactx.test_accuracy_minus_impactx_lambda0.mean, .ci95, .n), faithfulness and fidelity
@@ -36,13 +36,14 @@ def main():
         mlflow.log_metrics({k: float(v) for k, v in numbers.items() if not isinstance(v, bool)})
         for path in (layout.TABLE_MD, layout.TABLE_JSON, layout.HEADLINE_JSON, *layout.FIGURES.values()):
             mlflow.log_artifact(str(path))
+        ui = tracking.ui_hint(run)
     print(table)
     print(
         f"  table: {layout.TABLE_MD} {layout.TABLE_JSON}; headline: {layout.HEADLINE_JSON} (dvc metrics show)"
         f"   MoRF: {layout.MORF_PLOT} (dvc plots show)"
     )
     print("  figures: " + " ".join(str(p) for p in layout.FIGURES.values()))
-    print(f"  MLflow UI: mlflow ui --backend-store-uri {params.mlflow.tracking_uri}  (http://127.0.0.1:5000)")
+    print(f"  MLflow UI: {ui}  (this run's metrics: search `minus` for the paired differences)")
 
 
 if __name__ == "__main__":

@@ -269,3 +269,19 @@ def test_a_users_mlflow_tracking_uri_wins_over_params_yaml_but_not_one_mlflow_le
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")  # a tracking server, set by the user
     assert tracking.store_uri(params) == "http://127.0.0.1:5999"
     assert tracking.local_store(own) and not tracking.local_store("http://127.0.0.1:5999")
+
+
+def test_ui_addresses_open_the_model_training_pages():
+    """MLflow 3.17's UI opened the experiment on its GenAI overview (traces, token usage) although the
+    experiment is tagged custom_model_development (seen in headless Chromium): the addresses the project
+    prints ask for the runs pages, with the query parameter the installed UI reads."""
+    assert tracking.ui_address("sqlite:///mlflow.db", "1", "abc") == (
+        "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning"
+    )
+    assert tracking.ui_address("http://127.0.0.1:5055/", "7") == (
+        "http://127.0.0.1:5055/#/experiments/7?workflowType=machine_learning"
+    )
+    bundle = Path(mlflow.__file__).parent / "server/js/build/static/js"
+    text = "".join(p.read_text(errors="ignore") for p in bundle.glob("main.*.js"))
+    key, value = tracking.UI_PAGES.split("=")
+    assert f'"mlflow.{key}"' in text and f'"{value}"' in text  # the parameter and its value, as the UI spells them
