@@ -90,11 +90,11 @@ def test_repro_runs_every_method_and_seed_and_writes_table2(project):
     assert len(rows) == 6 * 5 and set(rows[0]) == {"method", "fraction", "probability"}
     for fig in ("figures/explanations.png", "figures/morf.png"):
         assert (root / fig).stat().st_size > 0
+    ui = next(line for line in first.stdout.splitlines() if "MLflow UI: " in line)  # the compare run's address
     assert (
-        "MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000/#/experiments/"
-        in first.stdout
+        f"mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}, then http://127.0.0.1:5000/#/experiments/" in ui
     )
-    assert "?workflowType=machine_learning" in first.stdout  # the runs pages, not the GenAI overview
+    assert "/runs/" in ui and "?workflowType=machine_learning" in ui  # the runs pages, not the GenAI overview
     assert not list(root.glob(".attribution_work/*"))  # shards are removed once maps.npy is in place
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], root).stdout)
     assert "metrics/headline.json" in json.dumps(shown) and "metrics/comparison.json" not in json.dumps(shown)
