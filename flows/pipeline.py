@@ -261,18 +261,16 @@ def splittable(root: Path, gpus: list[str] | None) -> set[str]:
     if gpus:
         return set()
     backbone = (yaml.safe_load((root / "params.yaml").read_text()) or {}).get("model", {}).get("backbone", "lenet5")
+    n = sequential_threads()
     try:
-        same = threadprobe.invariant(sequential_threads(), str(backbone), cwd=root)
+        same = threadprobe.invariant(n, str(backbone), cwd=root)
     except subprocess.CalledProcessError as e:
-        _log().info(
-            "thread probe failed (%s): every stage keeps %d threads", e.stderr.strip()[-200:], sequential_threads()
-        )
+        _log().info("thread probe failed (%s): every stage keeps %d threads", e.stderr.strip()[-200:], n)
         return set()
     if not same:
         _log().info(
             "this machine's forward passes differ in their last bits at 1 and %d threads (impactx.threadprobe):"
-            " every stage keeps %d threads, so the outputs are a sequential dvc repro's",
-            sequential_threads(), sequential_threads(),
+            " every stage keeps %d threads, so the outputs are a sequential dvc repro's", n, n,
         )  # fmt: skip
         return set()
     return split_threads(root)
