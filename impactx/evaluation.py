@@ -24,7 +24,7 @@ from impactx import inference, morf
 from impactx.attribution import Progress, Spec, attribute
 from impactx.config import Params
 from impactx.data import Dataset, to_float
-from impactx.fidelity import fidelity
+from impactx.fidelity import agreement, fidelity
 from impactx.methods import Method
 from impactx.train import accuracy, predict_logits
 
@@ -42,11 +42,15 @@ def morf_subset(ds: Dataset, params: Params) -> tuple[np.ndarray, torch.Tensor]:
 
 
 @torch.no_grad()
-def explain_batched(model, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predictions and maps of a model with explain(): one forward pass per batch, no explainer."""
+def explain_batched(model, x: torch.Tensor, device: torch.device, target=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions and maps of a model with explain(): one forward pass per batch, no explainer. `target`
+    (one class per image) asks a head with a map per class for those classes' maps."""
     model.to(device).eval()
     bs = inference.batch_size(device)
-    parts = [model.explain(x[i : i + bs].to(device)) for i in range(0, len(x), bs)]
+    parts = [
+        model.explain(x[i : i + bs].to(device), *([] if target is None else [target[i : i + bs]]))
+        for i in range(0, len(x), bs)
+    ]
     return torch.cat([lg.argmax(1).cpu() for lg, _ in parts]), torch.cat([m.float().cpu() for _, m in parts])
 
 
@@ -169,6 +173,9 @@ def evaluate_run(
         cm = np.asarray(class_maps)
         floors = {"class_mean": cm[ds.test.y[idx]], "class_mean_pred": cm[pred], "random": random_maps.numpy()}
         record["fidelity"] = fidelity(own.numpy(), teacher, floors)
+        if getattr(model, "per_class", False):  # given the true class, as SHAP and the oracle floor are
+            given = explain_batched(model, x, device, np.asarray(ds.test.y[idx]))[1]
+            record["fidelity"]["map_given_class"] = agreement(given.numpy(), teacher)
     n = p.figure_images  # the figure's images: the method's own map, post-hoc SHAP of the model, its class
     return record, {"maps": own[:n].numpy().astype(np.float16), "shap": shap_maps[:n].numpy().astype(np.float16),
                     "pred": pred[:n]}  # fmt: skip

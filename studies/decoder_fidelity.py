@@ -23,6 +23,9 @@ and the explanation heads of issue 25, each one change to the package's default 
     spatial_m      the same with frozen M's stem features (decoder_skip: m)
     prior          D(z) plus a learned map per class mixed by A's probabilities (decoder_prior: class)
     spatial_prior  both
+    per_class, prior_per_class, spatial_prior_per_class   a map per class (decoder_output: per_class), without
+                   and with the class prior and the spatial decoder; scored also with the true class given
+                   (its map of that class), against the oracle floor that is given the label too
 
 Each variant is also scored on held-out *validation* images (SHAP of A for the true class of a seeded
 subset of the validation split, as many as the test images): the choice between variants is made there,
@@ -77,6 +80,9 @@ VARIANTS = {  # name: (ImpactxParams changes, SHAP evaluations of the targets)
     "spatial_m": ({"decoder": "spatial", "decoder_skip": "m"}, 500),
     "prior": ({"decoder_prior": "class"}, 500),
     "spatial_prior": ({"decoder": "spatial", "decoder_prior": "class"}, 500),
+    "per_class": ({"decoder_output": "per_class"}, 500),
+    "prior_per_class": ({"decoder_prior": "class", "decoder_output": "per_class"}, 500),
+    "spatial_prior_per_class": ({"decoder": "spatial", "decoder_prior": "class", "decoder_output": "per_class"}, 500),
 }
 
 
@@ -207,6 +213,14 @@ def main():
                 "class_mean": by_image(own.numpy(), class_maps[y_test], teacher),
             },
         }
+        if model.per_class:  # its map of the true class, against the floor that is given the label too
+            given_val = explain_batched(model, x_val, device, y_val)[1].numpy()
+            given = explain_batched(model, x_test, device, y_test)[1].numpy()
+            res["val_given_class"] = agreement(given_val, teacher_val)
+            res["test_given_class"] = agreement(given, teacher)
+            res["test_minus_floors_per_image"]["given_class_minus_class_mean"] = by_image(
+                given, class_maps[y_test], teacher
+            )
         results["variants"][name] = res
         print(f"study {name}: " + json.dumps(res), flush=True)
         save_json(Path(args.out), {**results, "rows": rows(results)})
@@ -282,7 +296,15 @@ def rows(results: dict) -> list[dict]:
     for name, r in results["variants"].items():
         row = {"map": name, "settings": ", ".join(f"{k}: {v}" for k, v in r["settings"].items()) or "the default: D(LayerNorm(z))",
                "val Pearson": r["val"]["pearson"] if "val" in r else "", "test Pearson": r["test"]["pearson"]}  # fmt: skip
+        if "test_given_class" in r:
+            row |= {"val Pearson, its map of the true class": r["val_given_class"]["pearson"],
+                    "test Pearson, its map of the true class": r["test_given_class"]["pearson"]}  # fmt: skip
         for k, d in r.get("test_minus_floors_per_image", {}).items():
+            if k == "given_class_minus_class_mean":
+                row["test, its map of the true class − class mean of the true class (oracle)"] = (
+                    f"{d['mean']:+.3f} ± {d['ci95']:.3f}"
+                )
+                continue
             floor = FLOORS.get(k, "floor: class mean of the model's own predicted class").removeprefix("floor: ")
             row[f"test − {floor}"] = f"{d['mean']:+.3f} ± {d['ci95']:.3f}"
         row |= {"val accuracy": r["val_accuracy"], "seconds": r["seconds"]}

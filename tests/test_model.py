@@ -117,6 +117,33 @@ def test_class_prior_adds_a_learned_map_per_class_mixed_by_a(decoder):
     assert model.templates.grad.abs().sum() > 0 and all(q.grad is None for q in model.m.parameters())
 
 
+@pytest.mark.parametrize("decoder", ["latent", "spatial"])
+def test_a_per_class_head_gives_the_map_of_the_class_asked_and_trains_the_true_class(decoder):
+    base = Classifier(build_backbone("lenet5", 3, 4, 32), [0.5] * 3, [0.25] * 3)
+    model = ImpactX(base, 4, (3, 32, 32), latent_dim=16, decoder=decoder, decoder_prior="class",
+                    decoder_output="per_class").train()  # fmt: skip
+    maps, labels = torch.randn(12, 3, 32, 32), np.arange(12) % 4
+    model.training_maps(maps, labels, seed=0)  # T_k: the class means; D starts at zero
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        logits, r = model.explain(x)  # the map of IMPACTX's own predicted class
+        assert torch.allclose(r, model.templates[logits.argmax(1)], atol=1e-5)
+        for k in range(4):  # any class, as SHAP is given one: its own map, not a mixture
+            _, r_k = model.explain(x, torch.full((5,), k))
+            assert torch.allclose(r_k, model.templates[k].expand(5, -1, -1, -1), atol=1e-5)
+        torch.nn.init.normal_([m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight)
+        _, (z, s, xn, _) = model._forward(x)
+        d = (model.decoder(z, s, xn) if decoder == "spatial" else model.decoder(z)).view(5, 4, 3, 32, 32)
+        y = torch.tensor([3, 0, 3, 0, 0])  # classes 1 and 2 are not asked for
+        _, r_y = model.explain(x, y)
+        assert torch.allclose(r_y, d[torch.arange(5), y] + model.templates[y], atol=1e-5)
+    target = torch.rand(5, 3, 32, 32)
+    model.zero_grad()
+    model.loss(x, y, target)["loss"].backward()  # the map loss reaches only the true classes' templates
+    touched = model.templates.grad.flatten(1).abs().sum(1) > 0
+    assert touched.tolist() == [k in y.tolist() for k in range(4)]
+
+
 @pytest.mark.parametrize("target", ["max_abs", "standardize"])
 def test_a_fresh_class_prior_starts_at_the_class_means_of_its_targets(target):
     base = Classifier(build_backbone("lenet5", 3, 4, 32), [0.5] * 3, [0.25] * 3)

@@ -67,7 +67,10 @@ def test_one_row_per_image_with_class_name_probabilities_and_map(checkpoints, tm
     assert serving.predict_table(base, base_method, info, x / 255)["map"].isna().all()  # post hoc: no own map
 
 
-@pytest.mark.parametrize("head", [{"decoder": "spatial"}, {"decoder_prior": "class"}])
+@pytest.mark.parametrize(
+    "head",
+    [{"decoder": "spatial"}, {"decoder_prior": "class"}, {"decoder_prior": "class", "decoder_output": "per_class"}],
+)
 def test_a_served_explanation_head_returns_its_own_map(checkpoints, tmp_path, head):
     params, ckpts = checkpoints
     params = params.model_copy(update={"impactx": params.impactx.model_copy(update=head)})

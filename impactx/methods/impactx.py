@@ -42,6 +42,10 @@ class ImpactxParams(TrainParams):
     # class: D's map plus Σ_k p_k·T_k, a learned map T_k per class weighted by A's probabilities p (WAE's map,
     # learned): D learns what this image adds to its class. K·C·H·W more parameters
     decoder_prior: Literal["none", "class"] = "none"
+    # one: one map, the paper's; per_class: a map for every class (FastSHAP's output), the true class's trained.
+    # explain(x) gives the map of IMPACTX's predicted class, explain(x, target) that of a given class (what SHAP
+    # is given); with decoder_prior: class, class k's map starts at T_k. K·C output channels in D's last conv
+    decoder_output: Literal["one", "per_class"] = "one"
     training: Literal["two_stage", "single_stage"] = "two_stage"  # single_stage: M trains too, maps refreshed
     refresh_every: int = Field(5, gt=0)  # single_stage: new maps from the current M every this many epochs
     refresh_method: str = "integrated_gradients"  # single_stage: R of the refreshes (pick a cheap one)
@@ -129,6 +133,7 @@ class SpatialDecoder(nn.Module):
         width: int = 64,
         bounded: bool = True,
         normalize_input: bool = True,
+        out_channels: int | None = None,
     ):
         super().__init__()
         f = feature_shape[0]
@@ -140,7 +145,7 @@ class SpatialDecoder(nn.Module):
         half = max(width // 2, 16)
         self.image = nn.Sequential(nn.Conv2d(in_channels, half, 3, padding=1), nn.ReLU())  # C×H×W → half×H×W
         self.out = nn.Sequential(
-            nn.Conv2d(width + half, half, 3, padding=1), nn.ReLU(), nn.Conv2d(half, in_channels, 3, padding=1),
+            nn.Conv2d(width + half, half, 3, padding=1), nn.ReLU(), nn.Conv2d(half, out_channels or in_channels, 3, padding=1),
             *([nn.Tanh()] if bounded else []),
         )  # fmt: skip
 
@@ -175,6 +180,7 @@ class ImpactX(nn.Module):
         decoder: str = "latent",
         decoder_skip: str = "lep",
         decoder_prior: str = "none",
+        decoder_output: str = "one",
     ):
         super().__init__()
         self.lam = lam  # λ, the weight of the map loss (a training setting: not in the state_dict)
@@ -199,14 +205,18 @@ class ImpactX(nn.Module):
         for p in self.lep.parameters():
             p.requires_grad_(True)
         bounded, norm = target == "max_abs", decoder_input == "layernorm"
+        self.per_class = decoder_output == "per_class"  # D gives K maps; explain() picks one class's
+        self.channels = c
+        out = c * num_classes if self.per_class else c
         self.spatial = decoder == "spatial"  # D(z, s, x), s the stem features of the LEP (skip_m: of M)
         self.skip_m = decoder_skip == "m"
         self.decoder = (
-            SpatialDecoder(latent_dim, feature_shape(self.lep, c, h), c, decoder_width, bounded, norm)
+            SpatialDecoder(latent_dim, feature_shape(self.lep, c, h), c, decoder_width, bounded, norm, out)
             if self.spatial
-            else Decoder(latent_dim, c, h, decoder_width, bounded, norm)
+            else Decoder(latent_dim, out, h, decoder_width, bounded, norm)
         )
-        # K×C×H×W learned class maps, mixed by A's probabilities (decoder_prior: class). D's last conv starts
+        # K×C×H×W learned class maps, mixed by A's probabilities (decoder_prior: class; per_class: T_k is class
+        # k's). D's last conv starts
         # at zero, so the map starts as the prior (WAE's map, once training_maps sets it) and D adds to it
         self.templates = nn.Parameter(torch.zeros(num_classes, c, h, w)) if decoder_prior == "class" else None
         if self.templates is not None:
@@ -242,10 +252,17 @@ class ImpactX(nn.Module):
         logits = self.c(torch.cat([m, z], dim=1))
         return logits, (z, s_m if self.skip_m else s_lep, xn, a)
 
-    def explain(self, x):
+    def explain(self, x, target=None):
+        """(logits, map). `target` (N class indices) picks the class a per_class head explains, as SHAP is
+        given one; by default IMPACTX's predicted class. A one-map head has one map whatever the class."""
         logits, (z, s, xn, a) = self._forward(x)
-        r = self.decoder(z, s, xn) if self.spatial else self.decoder(z)  # N×C×H×W
-        if self.templates is not None:
+        r = self.decoder(z, s, xn) if self.spatial else self.decoder(z)  # N×C×H×W (per_class: N×K·C×H×W)
+        if self.per_class:
+            k = logits.argmax(1) if target is None else torch.as_tensor(target, device=r.device).long()  # N
+            r = r.view(len(r), -1, self.channels, *r.shape[-2:])[torch.arange(len(r), device=r.device), k]
+            if self.templates is not None:
+                r = r + self.templates[k]  # N×C×H×W
+        elif self.templates is not None:
             r = r + torch.einsum("nk,kchw->nchw", a.detach().softmax(1), self.templates)
         return logits, r  # N×K, N×C×H×W
 
@@ -280,7 +297,7 @@ class ImpactX(nn.Module):
         return scale_maps(torch.from_numpy(maps))
 
     def loss(self, x, y, r) -> dict:
-        logits, r_hat = self.explain(x)  # N×K, N×C×H×W
+        logits, r_hat = self.explain(x, y)  # N×K, N×C×H×W: a per_class head's map of the true class
         if self.target == "standardize":
             r = standardize(r)
         total, ce, m = impactx_loss(logits, y, r_hat, r, self.lam, self.map_loss)
@@ -313,7 +330,7 @@ def build_impactx(stage1: Stage1, settings: ImpactxParams) -> ImpactX:
         None if settings.training == "two_stage" else
         {"every": settings.refresh_every, "method": settings.refresh_method, "cost": settings.refresh_cost},
         lep_from, settings.classifier_input, settings.map_pairing, settings.decoder, settings.decoder_skip,
-        settings.decoder_prior,
+        settings.decoder_prior, settings.decoder_output,
     )  # fmt: skip
 
 
