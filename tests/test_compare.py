@@ -96,6 +96,8 @@ def test_same_model_faithfulness_and_the_predicted_class_floor_are_paired_per_se
                  {"own": own, "shap": shap_, "random": (0.1, 0.0)}.items()}  # fmt: skip
         fid = {w: {"pearson": p, "spearman": p, "iou_top": p} for w, p in
                {"map": 0.5 + seed / 100, "class_mean": 0.6, "class_mean_pred": 0.4, "random": 0.0}.items()}  # fmt: skip
+        if method == "impactx":  # a head with a map per class: its map of the true class too
+            fid["map_given_class"] = {"pearson": 0.62 + seed / 50, "spearman": 0.6, "iou_top": 0.3}
         return record(method, seed, 0.6) | {"faithfulness": faith, "fidelity": fid}
 
     records = [with_maps("baseline", s, (0.3, 0.2), (0.3, 0.2)) for s in range(3)]
@@ -119,6 +121,12 @@ def test_same_model_faithfulness_and_the_predicted_class_floor_are_paired_per_se
         "- IMPACTX, Pearson with SHAP of A (true class) − the class-mean map of the predicted class: +0.110 ± 0.025 (3 seeds): beats this floor"
         in md
     )
+    assert (
+        "- IMPACTX, its map of the true class: Pearson with SHAP of A (true class) − the class-mean map of the true"
+        " class: +0.040 ± 0.050 (3 seeds): not distinguishable" in md
+    )
+    assert "| IMPACTX | 0.510 ± 0.010 | 0.640 ± 0.020 | 0.600 ± 0.000 |" in md
+    assert "| Baseline A | 0.510 ± 0.010 | — | 0.600 ± 0.000 |" in md  # one map only
     ig = compare.markdown(
         s, "toy", [0, 1, 2], label(parse_params({"attribution": {"method": "integrated_gradients"}}).attribution)
     )

@@ -8,7 +8,8 @@ from conftest import CPU, tiny_info, tiny_model
 
 from impactx import methods
 from impactx.data import Dataset, Split
-from impactx.evaluation import evaluate_run, post_hoc_shap, timed_post_hoc_shap
+from impactx.evaluation import evaluate_run, morf_subset, post_hoc_shap, timed_post_hoc_shap
+from impactx.fidelity import agreement
 from impactx.methods import Stage1
 from impactx.params import parse_params
 
@@ -49,6 +50,18 @@ def test_every_model_is_judged_with_its_own_map_shap_of_itself_and_random_maps(t
         assert set(r["fidelity"]) == {"map", "class_mean", "class_mean_pred", "random"}
     base = records["baseline"]["faithfulness"]
     assert base["own"] == base["shap"]  # the baseline's own map is post-hoc SHAP of A
+    # a head with a map per class is scored on its served map and, given the true class, on that class's map
+    per_class = params.model_copy(update={"impactx": params.impactx.model_copy(update={"decoder_output": "per_class"})})
+    stage1 = Stage1(INFO, params.model, path, np.zeros((12, 3, 16, 16), np.float32), ds.train.y)
+    torch.manual_seed(0)
+    model = methods.build("impactx", stage1, per_class).eval()
+    record, _ = evaluate_run(model, methods.get("impactx"), 0, ds, per_class, CPU, teacher, class_maps)
+    idx, x = morf_subset(ds, per_class)
+    with torch.no_grad():
+        given = model.explain(x, torch.from_numpy(ds.test.y[idx]))[1].numpy()
+        served = model.explain(x)[1].numpy()
+    assert record["fidelity"]["map_given_class"] == agreement(given, teacher)
+    assert record["fidelity"]["map"] == agreement(served, teacher) != record["fidelity"]["map_given_class"]
     assert records["impactx"]["faithfulness"]["own"] != records["impactx"]["faithfulness"]["shap"]
     latency = records["impactx"]["latency"]  # morf_images 6: batches of 1 and of the 5 left
     assert [r["images"] for r in latency] == [1, 5] and "latency" not in records["baseline"]
