@@ -117,6 +117,15 @@ def test_class_prior_adds_a_learned_map_per_class_mixed_by_a(decoder):
     assert model.templates.grad.abs().sum() > 0 and all(q.grad is None for q in model.m.parameters())
 
 
+def test_a_class_conv_is_the_convolution_with_each_images_class_kernel():
+    from impactx.methods.impactx import ClassConv
+
+    conv = ClassConv(6, 3, classes=4)
+    h, k = torch.randn(5, 6, 8, 8), torch.tensor([2, 0, 3, 2, 1])
+    expected = torch.cat([F.conv2d(h[i : i + 1], conv.weight[k[i]], conv.bias[k[i]], padding=1) for i in range(5)])
+    assert torch.allclose(conv(h, k), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("decoder", ["latent", "spatial"])
 def test_a_per_class_head_gives_the_map_of_the_class_asked_and_trains_the_true_class(decoder):
     base = Classifier(build_backbone("lenet5", 3, 4, 32), [0.5] * 3, [0.25] * 3)
@@ -131,12 +140,13 @@ def test_a_per_class_head_gives_the_map_of_the_class_asked_and_trains_the_true_c
         for k in range(4):  # any class, as SHAP is given one: its own map, not a mixture
             _, r_k = model.explain(x, torch.full((5,), k))
             assert torch.allclose(r_k, model.templates[k].expand(5, -1, -1, -1), atol=1e-5)
-        torch.nn.init.normal_([m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight)
+        torch.nn.init.normal_(model.decoder.last.weight)
+        torch.nn.init.normal_(model.decoder.last.bias)
         _, (z, s, xn, _) = model._forward(x)
-        d = (model.decoder(z, s, xn) if decoder == "spatial" else model.decoder(z)).view(5, 4, 3, 32, 32)
         y = torch.tensor([3, 0, 3, 0, 0])  # classes 1 and 2 are not asked for
+        d = model.decoder(z, s, xn, y) if decoder == "spatial" else model.decoder(z, y)
         _, r_y = model.explain(x, y)
-        assert torch.allclose(r_y, d[torch.arange(5), y] + model.templates[y], atol=1e-5)
+        assert torch.allclose(r_y, d + model.templates[y], atol=1e-5)
     target = torch.rand(5, 3, 32, 32)
     model.zero_grad()
     model.loss(x, y, target)["loss"].backward()  # the map loss reaches only the true classes' templates

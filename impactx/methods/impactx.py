@@ -86,6 +86,31 @@ def _decoder_plan(image_size: int) -> tuple[int, int]:
     return side, steps
 
 
+class ClassConv(nn.Module):
+    """A 3×3 convolution with one kernel per class, applied with class k_n's kernel to image n: the map of
+    one class per image at the cost of one output (all K at once would cost K times D's last layer)."""
+
+    def __init__(self, in_channels: int, out_channels: int, classes: int):
+        super().__init__()
+        proto = nn.Conv2d(in_channels, out_channels * classes, 3, padding=1)  # PyTorch's default initialisation
+        self.weight = nn.Parameter(proto.weight.detach().view(classes, out_channels, in_channels, 3, 3).clone())
+        self.bias = nn.Parameter(proto.bias.detach().view(classes, out_channels).clone())
+
+    def forward(self, h, k):
+        n, _, height, width = h.shape
+        patches = F.unfold(h, 3, padding=1)  # N×(F·9)×(H·W)
+        w = self.weight[k].flatten(2)  # N×C×(F·9), class k_n's kernel for image n
+        return (torch.bmm(w, patches) + self.bias[k][:, :, None]).view(n, -1, height, width)  # N×C×H×W
+
+
+def _last(layers: list, ch: int, out_channels: int, classes: int, bounded: bool):
+    """D's last layer: a 3×3 convolution to the map (tanh for bounded targets), or with classes > 0 a
+    ClassConv (one kernel per class; the tanh is then applied in forward)."""
+    if classes:
+        return nn.Sequential(*layers), ClassConv(ch, out_channels, classes)
+    return nn.Sequential(*layers, nn.Conv2d(ch, out_channels, 3, padding=1), *([nn.Tanh()] if bounded else [])), None
+
+
 class Decoder(nn.Module):
     """D(z): FC, reshape, then (conv, ×2 upsample) steps up to the input size (the paper's Fig. 2).
     tanh output for targets scaled to [-1, 1] (max_abs, see impactx.maps.scale_maps); linear for standardized
@@ -99,9 +124,11 @@ class Decoder(nn.Module):
         width: int = 64,
         bounded: bool = True,
         normalize_input: bool = True,
+        classes: int = 0,
     ):
         super().__init__()
         self.side, steps = _decoder_plan(image_size)
+        self.bounded = bounded
         self.width = width
         # z = sigmoid(...) sits near 0.5 and varies little between images: a LayerNorm first lets D read
         # that variation (docs/results/decoder_study_seed1.md)
@@ -112,12 +139,20 @@ class Decoder(nn.Module):
             nxt = max(ch // 2, 16)
             layers += [nn.Conv2d(ch, nxt, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest")]
             ch = nxt
-        layers += [nn.Conv2d(ch, out_channels, 3, padding=1)] + ([nn.Tanh()] if bounded else [])
-        self.convs = nn.Sequential(*layers)
+        self.convs, self.class_conv = _last(layers, ch, out_channels, classes, bounded)  # class_conv: classes > 0
 
-    def forward(self, z):
-        h = self.fc(z).view(-1, self.width, self.side, self.side)
-        return self.convs(h)
+    def forward(self, z, k=None):
+        """The map; with per-class kernels (classes > 0), the map of class k_n for image n."""
+        h = self.convs(self.fc(z).view(-1, self.width, self.side, self.side))
+        return h if self.class_conv is None else _bound(self.class_conv(h, k), self.bounded)
+
+    @property
+    def last(self) -> nn.Module:
+        return self.class_conv if self.class_conv is not None else self.convs[-2 if self.bounded else -1]
+
+
+def _bound(r, bounded: bool):
+    return torch.tanh(r) if bounded else r
 
 
 class SpatialDecoder(nn.Module):
@@ -133,10 +168,11 @@ class SpatialDecoder(nn.Module):
         width: int = 64,
         bounded: bool = True,
         normalize_input: bool = True,
-        out_channels: int | None = None,
+        classes: int = 0,
     ):
         super().__init__()
         f = feature_shape[0]
+        self.bounded = bounded
         norm = [nn.LayerNorm(latent_dim)] if normalize_input else []
         self.code = nn.Sequential(*norm, nn.Linear(latent_dim, width), nn.ReLU())  # z → width channels
         self.mid = nn.Sequential(  # [z broadcast, s]: (width + F)×h×w → width×h×w
@@ -144,17 +180,21 @@ class SpatialDecoder(nn.Module):
         )
         half = max(width // 2, 16)
         self.image = nn.Sequential(nn.Conv2d(in_channels, half, 3, padding=1), nn.ReLU())  # C×H×W → half×H×W
-        self.out = nn.Sequential(
-            nn.Conv2d(width + half, half, 3, padding=1), nn.ReLU(), nn.Conv2d(half, out_channels or in_channels, 3, padding=1),
-            *([nn.Tanh()] if bounded else []),
-        )  # fmt: skip
+        self.out, self.class_conv = _last(
+            [nn.Conv2d(width + half, half, 3, padding=1), nn.ReLU()], half, in_channels, classes, bounded
+        )
 
-    def forward(self, z, s, xn):
+    @property
+    def last(self) -> nn.Module:
+        return self.class_conv if self.class_conv is not None else self.out[-2 if self.bounded else -1]
+
+    def forward(self, z, s, xn, k=None):
         n, _, h, w = s.shape
         code = self.code(z)[:, :, None, None].expand(n, -1, h, w)  # N×width×h×w
         mid = self.mid(torch.cat([code, s], dim=1))  # N×width×h×w
         up = F.interpolate(mid, size=xn.shape[-2:], mode="bilinear", align_corners=False)  # N×width×H×W
-        return self.out(torch.cat([up, self.image(xn)], dim=1))  # N×C×H×W
+        h = self.out(torch.cat([up, self.image(xn)], dim=1))  # N×C×H×W (per-class kernels: N×half×H×W)
+        return h if self.class_conv is None else _bound(self.class_conv(h, k), self.bounded)
 
 
 class ImpactX(nn.Module):
@@ -205,22 +245,21 @@ class ImpactX(nn.Module):
         for p in self.lep.parameters():
             p.requires_grad_(True)
         bounded, norm = target == "max_abs", decoder_input == "layernorm"
-        self.per_class = decoder_output == "per_class"  # D gives K maps; explain() picks one class's
-        self.channels = c
-        out = c * num_classes if self.per_class else c
+        self.per_class = decoder_output == "per_class"  # D's last layer has a kernel per class (ClassConv)
+        classes = num_classes if self.per_class else 0
         self.spatial = decoder == "spatial"  # D(z, s, x), s the stem features of the LEP (skip_m: of M)
         self.skip_m = decoder_skip == "m"
         self.decoder = (
-            SpatialDecoder(latent_dim, feature_shape(self.lep, c, h), c, decoder_width, bounded, norm, out)
+            SpatialDecoder(latent_dim, feature_shape(self.lep, c, h), c, decoder_width, bounded, norm, classes)
             if self.spatial
-            else Decoder(latent_dim, out, h, decoder_width, bounded, norm)
+            else Decoder(latent_dim, c, h, decoder_width, bounded, norm, classes)
         )
         # K×C×H×W learned class maps, mixed by A's probabilities (decoder_prior: class; per_class: T_k is class
         # k's). D's last conv starts
         # at zero, so the map starts as the prior (WAE's map, once training_maps sets it) and D adds to it
         self.templates = nn.Parameter(torch.zeros(num_classes, c, h, w)) if decoder_prior == "class" else None
         if self.templates is not None:
-            last = [m for m in self.decoder.modules() if isinstance(m, nn.Conv2d)][-1]
+            last = self.decoder.last
             nn.init.zeros_(last.weight)
             if last.bias is not None:
                 nn.init.zeros_(last.bias)
@@ -256,12 +295,12 @@ class ImpactX(nn.Module):
         """(logits, map). `target` (N class indices) picks the class a per_class head explains, as SHAP is
         given one; by default IMPACTX's predicted class. A one-map head has one map whatever the class."""
         logits, (z, s, xn, a) = self._forward(x)
-        r = self.decoder(z, s, xn) if self.spatial else self.decoder(z)  # N×C×H×W (per_class: N×K·C×H×W)
+        k = None  # the class a per_class head explains: the given one, else IMPACTX's prediction
         if self.per_class:
-            k = logits.argmax(1) if target is None else torch.as_tensor(target, device=r.device).long()  # N
-            r = r.view(len(r), -1, self.channels, *r.shape[-2:])[torch.arange(len(r), device=r.device), k]
-            if self.templates is not None:
-                r = r + self.templates[k]  # N×C×H×W
+            k = logits.argmax(1) if target is None else torch.as_tensor(target, device=logits.device).long()  # N
+        r = self.decoder(z, s, xn, k) if self.spatial else self.decoder(z, k)  # N×C×H×W
+        if self.per_class and self.templates is not None:
+            r = r + self.templates[k]  # class k_n's prior
         elif self.templates is not None:
             r = r + torch.einsum("nk,kchw->nchw", a.detach().softmax(1), self.templates)
         return logits, r  # N×K, N×C×H×W
