@@ -5,12 +5,14 @@ this run, as a ratio. The evaluate stage logs the same ratio (explain_speedup_1,
 With --checkpoint (a pipeline checkpoint, e.g. models/impactx/seed0.pt, and data/prepared/info.json)
 the trained model; otherwise IMPACTX on LeNet-5 with seeded random weights on 3×32×32 images (the
 forward pass costs the same). --heads also times explain() of IMPACTX with each explanation head
-(impactx.decoder / decoder_prior: latent, the paper's D(z); spatial; prior; spatial_prior) against the same
-SHAP timings: the classifier's forward pass, what SHAP calls, is the same whatever the head. max_evals, batch
-size, masker and pool default to params.yaml's attribution.shap_partition section when run in a project.
+(impactx.decoder / decoder_prior / decoder_output: latent, the paper's D(z); spatial; prior;
+spatial_prior; prior_per_class and spatial_prior_per_class, a map per class, the predicted class's served)
+against the same SHAP timings: the classifier's forward pass, what SHAP calls, is the same whatever the
+head. max_evals, batch size, masker and pool default to params.yaml's attribution.shap_partition section
+when run in a project.
 Prints one JSON line. Example:
 
-    python benchmarks/explain_latency.py --max-evals 2000 --heads latent spatial prior
+    python benchmarks/explain_latency.py --max-evals 2000 --heads latent spatial prior prior_per_class
 """
 
 import argparse
@@ -34,6 +36,8 @@ HEADS = {  # impactx settings of each explanation head (docs: configuration, imp
     "spatial": {"decoder": "spatial", "decoder_prior": "none"},
     "prior": {"decoder": "latent", "decoder_prior": "class"},
     "spatial_prior": {"decoder": "spatial", "decoder_prior": "class"},
+    "prior_per_class": {"decoder": "latent", "decoder_prior": "class", "decoder_output": "per_class"},
+    "spatial_prior_per_class": {"decoder": "spatial", "decoder_prior": "class", "decoder_output": "per_class"},
 }
 
 
