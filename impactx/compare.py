@@ -77,7 +77,7 @@ def summarize(records: list[dict], order: list[str]) -> dict:
             if all(k in r.get("training", {}) for r in rs):
                 out[name][k] = mean_std([r["training"][k] for r in rs])
         acc = _per_seed(records, name, lambda r: r["test_accuracy"])
-        for other in _references(name, by_method):
+        for other in _references(name, by_method, order):
             out[name][f"test_accuracy_minus_{other}"] = paired(
                 acc, _per_seed(records, other, lambda r: r["test_accuracy"])
             )
@@ -112,12 +112,16 @@ def summarize(records: list[dict], order: list[str]) -> dict:
     return out
 
 
-def _references(name: str, present) -> list[str]:
-    """What a method's accuracy is paired against: the baseline, and the controls of it that ran."""
+def _references(name: str, present, order: list[str]) -> list[str]:
+    """What a method's accuracy is paired against: the baseline and the controls of it that ran; the method
+    under test (the table's first stage-2 method, the first of params.yaml's `methods`) also against every
+    other compared method that ran (ABN, WAE)."""
     if methods.get(name).stage == 1:
         return []
+    compared = [m for m in order if m in present and methods.get(m).stage == 2 and not methods.get(m).control_of]
     controls = [c for c in present if methods.get(c).control_of == name]
-    return [m for m in ["baseline", *controls] if m in present]
+    others = [m for m in compared if m != name] if compared[:1] == [name] else []
+    return [m for m in ["baseline", *controls, *others] if m in present]
 
 
 def _verdict(p: dict, scale: float, unit: str, higher: str, lower: str) -> str:

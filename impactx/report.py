@@ -143,6 +143,15 @@ def table2_page(paper: dict, studies: dict[str, dict]) -> str:
         ours = f"[{c['ours']}]({c['ours']}.md)" if c["ours"] else "not run"
         recipe = f"`{c['recipe']}`" if c["recipe"] else "-"
         lines.append(f"| {c['dataset']} | {c['backbone']} | {ours} | {recipe} | {c['status']} |")
+    ran = [c for c in paper.get("cells", []) if c["ours"] and "impactx" in studies[c["ours"]]]
+    if ran:
+        lines += ["", "## Paired verdicts per cell", "",
+                  "IMPACTX against each row its study ran (the baseline, its controls, the compared methods), then its"
+                  " map against SHAP of the same model and against the class-mean floors: the mean of the per-seed"
+                  " differences ± the half-width of its 95% t-interval over seeds."]  # fmt: skip
+        for c in ran:
+            lines += ["", f"### {c['dataset']} × {c['backbone']}: [{c['ours']}]({c['ours']}.md)", "",
+                      *compare.verdicts({"impactx": studies[c["ours"]]["impactx"]})]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

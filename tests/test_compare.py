@@ -73,6 +73,20 @@ def test_paired_differences_have_t_intervals_and_plain_verdicts():
     assert "AOPC of its own map − random maps on the same model: +0.200 ± 0.000 (3 seeds): more faithful" in md
 
 
+def test_the_method_under_test_is_paired_with_every_compared_method_and_the_others_with_the_baseline():
+    records = [record(m, s, acc + s / 100) for m, acc in (("baseline", 0.6), ("impactx", 0.63), ("abn", 0.62), ("wae", 0.61))
+               for s in range(3)]  # fmt: skip
+    s = compare.summarize(records, ["baseline", "impactx", "abn", "wae"])
+    assert [k for k in s["impactx"] if k.startswith("test_accuracy_minus_")] == [
+        "test_accuracy_minus_baseline", "test_accuracy_minus_abn", "test_accuracy_minus_wae"
+    ]  # fmt: skip
+    assert s["impactx"]["test_accuracy_minus_abn"]["mean"] == pytest.approx(0.01)
+    assert [k for k in s["abn"] if k.startswith("test_accuracy_minus_")] == ["test_accuracy_minus_baseline"]
+    assert "- IMPACTX − WAE, test accuracy: +2.0 ± 0.0 points (3 seeds): higher" in compare.markdown(
+        s, "toy", [0, 1, 2]
+    )
+
+
 def test_the_best_experiment_is_picked_on_validation_only():
     from impactx import ImpactXError
     from impactx.experiments import best_experiment

@@ -54,6 +54,15 @@ def test_a_number_on_a_page_comes_from_its_json(results_copy):
     assert "0.1235" in (results_copy / "docs/results/cifar10_table2_seeds0-4.md").read_text()
     table2 = (results_copy / "docs/results/table2.md").read_text()
     assert "7065" in table2  # the paper's IMPACTX number, from studies/paper/table2.json
+    cell = results_copy / "studies/results/cifar10_official_impactx_lambda0.4_seeds0-4.json"
+    data = json.loads(cell.read_text())
+    data["impactx"]["test_accuracy_minus_impactx_lambda0"] = {"mean": 0.0432, "ci95": 0.0011, "n": 5}
+    cell.write_text(json.dumps(data))
+    assert report.main([]) == 0  # a cell's paired verdicts come from its study's JSON
+    assert (
+        "- IMPACTX − IMPACTX, λ = 0 (control), test accuracy: +4.3 ± 0.1 points (5 seeds): higher"
+        in (results_copy / "docs/results/table2.md").read_text()
+    )
 
 
 @pytest.mark.parametrize("name", study.names(REPO))
