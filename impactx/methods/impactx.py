@@ -44,7 +44,7 @@ class ImpactxParams(TrainParams):
     decoder_prior: Literal["none", "class"] = "none"
     # one: one map, the paper's; per_class: a map for every class (FastSHAP's output), the true class's trained.
     # explain(x) gives the map of IMPACTX's predicted class, explain(x, target) that of a given class (what SHAP
-    # is given); with decoder_prior: class, class k's map starts at T_k. K·C output channels in D's last conv
+    # is given); with decoder_prior: class, class k's map starts at T_k. D's last layer: one kernel per class
     decoder_output: Literal["one", "per_class"] = "one"
     training: Literal["two_stage", "single_stage"] = "two_stage"  # single_stage: M trains too, maps refreshed
     refresh_every: int = Field(5, gt=0)  # single_stage: new maps from the current M every this many epochs
@@ -254,9 +254,9 @@ class ImpactX(nn.Module):
             if self.spatial
             else Decoder(latent_dim, c, h, decoder_width, bounded, norm, classes)
         )
-        # K×C×H×W learned class maps, mixed by A's probabilities (decoder_prior: class; per_class: T_k is class
-        # k's). D's last conv starts
-        # at zero, so the map starts as the prior (WAE's map, once training_maps sets it) and D adds to it
+        # K×C×H×W learned class maps, mixed by A's probabilities (decoder_prior: class; per_class: class k's map
+        # adds T_k). D's last layer starts at zero, so the map starts as the prior (WAE's map, or T_k, once
+        # training_maps sets it) and D adds to it
         self.templates = nn.Parameter(torch.zeros(num_classes, c, h, w)) if decoder_prior == "class" else None
         if self.templates is not None:
             last = self.decoder.last
