@@ -8,7 +8,7 @@ decoder learns less than the class mean: docs/results/decoder_study_seed1.md."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -94,6 +94,7 @@ class ClassConv(nn.Module):
         super().__init__()
         proto = nn.Conv2d(in_channels, out_channels * classes, 3, padding=1)  # PyTorch's default initialisation
         self.weight = nn.Parameter(proto.weight.detach().view(classes, out_channels, in_channels, 3, 3).clone())
+        assert proto.bias is not None
         self.bias = nn.Parameter(proto.bias.detach().view(classes, out_channels).clone())
 
     def forward(self, h, k):
@@ -147,8 +148,11 @@ class Decoder(nn.Module):
         return h if self.class_conv is None else _bound(self.class_conv(h, k), self.bounded)
 
     @property
-    def last(self) -> nn.Module:
-        return self.class_conv if self.class_conv is not None else self.convs[-2 if self.bounded else -1]
+    def last(self) -> nn.Conv2d | ClassConv:
+        """The layer that writes the map (started at zero under a class prior)."""
+        return (
+            self.class_conv if self.class_conv is not None else cast(nn.Conv2d, self.convs[-2 if self.bounded else -1])
+        )
 
 
 def _bound(r, bounded: bool):
@@ -185,8 +189,9 @@ class SpatialDecoder(nn.Module):
         )
 
     @property
-    def last(self) -> nn.Module:
-        return self.class_conv if self.class_conv is not None else self.out[-2 if self.bounded else -1]
+    def last(self) -> nn.Conv2d | ClassConv:
+        """The layer that writes the map (started at zero under a class prior)."""
+        return self.class_conv if self.class_conv is not None else cast(nn.Conv2d, self.out[-2 if self.bounded else -1])
 
     def forward(self, z, s, xn, k=None):
         n, _, h, w = s.shape
