@@ -18,7 +18,14 @@ FLOOR_LABEL = {
     "class_mean": "the class-mean map of the true class",
     "class_mean_pred": "the class-mean map of the predicted class",
 }
-GIVEN = "map_given_class"  # paired with the floor that is given the label too: the true class's mean map
+GIVEN = "map_given_class"
+# the paired Pearson differences: (summary key, the map, its floor, how the verdict names the map)
+FLOOR_PAIRS = [
+    ("pearson_minus_class_mean", "map", "class_mean", ""),
+    ("pearson_minus_class_mean_pred", "map", "class_mean_pred", ""),
+    # a per-class head's map of the true class, against the floor that is given the label too
+    (f"pearson_{GIVEN}_minus_class_mean", GIVEN, "class_mean", "its map of the true class: "),
+]
 MAPS = ("own", "shap", "random")  # same-model faithfulness: its own map, SHAP of the same model, random maps
 FAITH_SCORES = ("aopc", "aopc_lerf", "srg")
 
@@ -99,16 +106,12 @@ def summarize(records: list[dict], order: list[str]) -> dict:
             out[name]["fidelity"] = {
                 w: {k: mean_std([r["fidelity"][w][k] for r in rs]) for k in SCORES} for w in floors
             }
-            for floor in [f for f in FLOOR_LABEL if f in floors]:  # the class-mean floors
-                out[name][f"pearson_minus_{floor}"] = paired(
-                    _per_seed(records, name, lambda r: r["fidelity"]["map"]["pearson"]),
-                    _per_seed(records, name, lambda r, f=floor: r["fidelity"][f]["pearson"]),
-                )
-            if GIVEN in floors:
-                out[name][f"pearson_{GIVEN}_minus_class_mean"] = paired(
-                    _per_seed(records, name, lambda r: r["fidelity"][GIVEN]["pearson"]),
-                    _per_seed(records, name, lambda r: r["fidelity"]["class_mean"]["pearson"]),
-                )
+            for key, own, floor, _ in FLOOR_PAIRS:
+                if own in floors and floor in floors:
+                    out[name][key] = paired(
+                        _per_seed(records, name, lambda r, m=own: r["fidelity"][m]["pearson"]),
+                        _per_seed(records, name, lambda r, f=floor: r["fidelity"][f]["pearson"]),
+                    )
     return out
 
 
@@ -155,15 +158,10 @@ def verdicts(summary: dict, teacher: str = "SHAP of A") -> list[str]:
             if key in s:
                 v = _verdict(s[key], 1, "", "more faithful than SHAP", "less faithful than SHAP")
                 lines.append(f"- {label}, {score} of its own map − post-hoc SHAP of the same model: {v}")
-        for floor, what in FLOOR_LABEL.items():
-            if f"pearson_minus_{floor}" in s:
-                v = _verdict(s[f"pearson_minus_{floor}"], 1, "", "beats this floor", "below this floor")
-                lines.append(f"- {label}, Pearson with {teacher} (true class) − {what}: {v}")
-        if f"pearson_{GIVEN}_minus_class_mean" in s:
-            v = _verdict(s[f"pearson_{GIVEN}_minus_class_mean"], 1, "", "beats this floor", "below this floor")
-            lines.append(
-                f"- {label}, its map of the true class: Pearson with {teacher} (true class) − {FLOOR_LABEL['class_mean']}: {v}"
-            )
+        for key, _, floor, which in FLOOR_PAIRS:
+            if key in s:
+                v = _verdict(s[key], 1, "", "beats this floor", "below this floor")
+                lines.append(f"- {label}, {which}Pearson with {teacher} (true class) − {FLOOR_LABEL[floor]}: {v}")
     return lines
 
 

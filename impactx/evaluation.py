@@ -47,10 +47,8 @@ def explain_batched(model, x: torch.Tensor, device: torch.device, target=None) -
     (one class per image) asks a head with a map per class for those classes' maps."""
     model.to(device).eval()
     bs = inference.batch_size(device)
-    parts = [
-        model.explain(x[i : i + bs].to(device), *([] if target is None else [target[i : i + bs]]))
-        for i in range(0, len(x), bs)
-    ]
+    batches = ((x[i : i + bs].to(device), None if target is None else target[i : i + bs]) for i in range(0, len(x), bs))
+    parts = [model.explain(xb) if t is None else model.explain(xb, t) for xb, t in batches]
     return torch.cat([lg.argmax(1).cpu() for lg, _ in parts]), torch.cat([m.float().cpu() for _, m in parts])
 
 
